@@ -1,0 +1,125 @@
+"""`edgebench-agent`: serve benchmark jobs, or print this device's info.
+
+Exit codes: 0 ok; 2 bad settings or usage (message, no traceback); 3 could not bind the address.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+EXIT_SETTINGS = 2
+EXIT_BIND = 3
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"edgebench-agent: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,  # noqa: UP045
+    port: Annotated[Optional[int], typer.Option(help="Port; 0 picks a free one [default: 50551].")] = None,  # noqa: UP045
+    workdir: Annotated[Optional[Path], typer.Option(help="Artifacts, results and the device id live here.")] = None,  # noqa: UP045
+    token_file: Annotated[Optional[Path], typer.Option(help="File holding the shared token clients must send.")] = None,  # noqa: UP045
+    tls_cert: Annotated[Optional[Path], typer.Option(help="Server certificate (PEM) to serve TLS.")] = None,  # noqa: UP045
+    tls_key: Annotated[Optional[Path], typer.Option(help="Server private key (PEM).")] = None,  # noqa: UP045
+    tls_client_ca: Annotated[Optional[Path], typer.Option(help="CA (PEM) that client certificates must chain to (mutual TLS).")] = None,  # noqa: UP045,E501
+    reflection: Annotated[Optional[bool], typer.Option("--reflection/--no-reflection", help="Serve gRPC reflection.")] = None,  # noqa: UP045,E501
+    insecure: Annotated[Optional[bool], typer.Option("--insecure", help="Allow a non-loopback address without auth.")] = None,  # noqa: UP045,E501
+    job_memory_mb: Annotated[Optional[int], typer.Option(help="Default memory limit per job (0 = none).")] = None,  # noqa: UP045
+    job_timeout_s: Annotated[Optional[float], typer.Option(help="Default wall-time limit per job.")] = None,  # noqa: UP045
+    config: Annotated[Optional[Path], typer.Option(help="TOML file of settings (overridden by env and flags).")] = None,  # noqa: UP045
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Serve benchmark jobs over gRPC until SIGTERM or SIGINT."""
+    from agent.settings import SettingsError, load_settings
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        settings = load_settings(
+            config, host=host, port=port, workdir=workdir, token_file=token_file, tls_cert=tls_cert, tls_key=tls_key,
+            tls_client_ca=tls_client_ca, reflection=reflection, insecure=insecure,
+            job_memory_bytes=None if job_memory_mb is None else job_memory_mb * 2**20, job_wall_time_s=job_timeout_s)
+        settings.read_token()
+    except (SettingsError, OSError) as exc:
+        _fail(str(exc), EXIT_SETTINGS)
+    if not settings.authenticated:
+        where = "on loopback only" if settings.is_loopback else f"on {settings.host} WITH --insecure"
+        typer.echo(f"WARNING: no authentication ({where}): anyone who can reach the port can run code here.",
+                   err=True)
+    if settings.token_file_exposed():
+        typer.echo(f"WARNING: {settings.token_file} is readable by other users; chmod 600 it.", err=True)
+    from agent.server import build
+
+    try:
+        running = build(settings)
+    except (OSError, RuntimeError) as exc:
+        _fail(str(exc), EXIT_BIND)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    scheme = "tls" if settings.tls_cert else "plaintext"
+    auth = "mTLS" if settings.tls_client_ca else ("token" if settings.token_file else "none")
+    # The first stdout line is machine-readable: tools wait for it to learn the port.
+    print(f"edgebench-agent listening on {settings.host}:{running.port} ({scheme}, auth: {auth}, "
+          f"workdir: {settings.workdir})", flush=True)
+    stop.wait()
+    typer.echo("edgebench-agent: shutting down (cancelling running jobs)", err=True)
+    running.stop()
+
+
+@app.command()
+def info(
+    workdir: Annotated[Optional[Path], typer.Option(help="Work directory holding the device id.")] = None,  # noqa: UP045
+    output: Annotated[OutputFormat, typer.Option("--format", help="table or json.")] = OutputFormat.table,
+) -> None:
+    """Print this device's info and which runtimes it can run."""
+    from agent.jobspec import to_jsonable
+    from agent.runtimes.probe import probe_all
+    from agent.settings import default_workdir
+    from agent.device import collect_device_info
+
+    import agent
+
+    wd = workdir or default_workdir()
+    wd.mkdir(parents=True, exist_ok=True)
+    device = collect_device_info(wd, probe_all(), agent.__version__)
+    if output is OutputFormat.json:
+        typer.echo(json.dumps(to_jsonable(device), indent=2))
+        return
+    rows = [("device id", device.device_id), ("host", device.hostname),
+            ("os", f"{device.os_name} {device.os_release}"), ("arch", device.architecture),
+            ("cpu", f"{device.cpu_model} ({device.cpu_physical_cores} cores / {device.cpu_logical_cores} threads)"),
+            ("memory", f"{device.memory_total_bytes / 2**30:.1f} GiB"), ("board", device.board_model or "-"),
+            ("gpus", ", ".join(g.name for g in device.gpus) or "-"),
+            ("protocol", f"{device.protocol_major}.{device.protocol_minor}"), ("agent", device.agent_version)]
+    for key, value in rows:
+        typer.echo(f"{key:<10} {value}")
+    typer.echo("runtimes:")
+    for rt in device.runtimes:
+        state = f"yes  {rt.version}  {', '.join(rt.execution_providers)}" if rt.available else f"no   {rt.unavailable_reason}"
+        typer.echo(f"  {rt.name:<12} {state}")
+
+
+def main() -> None:
+    app(prog_name="edgebench-agent")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

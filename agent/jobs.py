@@ -1,0 +1,272 @@
+"""The agent's job queue: one job measures at a time; results are kept (bounded, on disk) by job id.
+
+Idempotency: a job id that is queued, running or finished is never run again; submitting it again (for
+example by a coordinator whose stream broke) re-attaches to it, and a finished job's result is replayed.
+The same id with different contents is a conflict. Results survive an agent restart (files in the work
+directory), bounded to `max_kept` newest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.jobspec import decode, to_jsonable
+from agent.runner import JobFiles
+from agent.types import BenchmarkJob, BenchmarkResult, BenchmarkStatus, JobEvent, JobPhase, JobState
+
+RunFn = Callable[[BenchmarkJob, JobFiles, Callable[[JobPhase, int, str], None], threading.Event], BenchmarkResult]
+
+
+class JobConflict(Exception):
+    """The job id is known with different contents."""
+
+
+def fingerprint(job: BenchmarkJob) -> str:
+    return hashlib.sha256(json.dumps(to_jsonable(job), sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class _Record:
+    job: BenchmarkJob
+    fingerprint: str
+    files: JobFiles | None
+    state: JobState
+    release: Callable[[], None] = lambda: None
+    last_progress: JobEvent | None = None
+    result: BenchmarkResult | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    subscribers: list[queue.Queue[JobEvent]] = field(default_factory=list)
+
+
+class Subscription:
+    """The events of one job for one stream; iterate with a timeout so the caller can notice a dead client."""
+
+    def __init__(self, manager: JobManager, job_id: str, q: queue.Queue[JobEvent]) -> None:
+        self._manager = manager
+        self.job_id = job_id
+        self._q = q
+
+    def next(self, timeout: float) -> JobEvent | None:
+        try:
+            return self._q.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self._manager._unsubscribe(self.job_id, self._q)
+
+
+class JobManager:
+    def __init__(self, results_dir: Path, run: RunFn, *, max_kept: int = 1000) -> None:
+        self._dir = results_dir
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._run = run
+        self._max_kept = max_kept
+        self._lock = threading.Condition()
+        self._records: OrderedDict[str, _Record] = OrderedDict()
+        self._queue: deque[str] = deque()
+        self._running: str | None = None
+        self._stopping = False
+        self._worker = threading.Thread(target=self._work, name="edgebench-jobs", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------ public
+
+    def submit(self, job: BenchmarkJob, files: JobFiles, release: Callable[[], None] = lambda: None) -> Subscription:
+        """Queue `job` (or re-attach to it if its id is known). `release` is called once it is finished."""
+        fp = fingerprint(job)
+        q: queue.Queue[JobEvent] = queue.Queue()
+        with self._lock:
+            rec = self._lookup(job.job_id)
+            if rec is not None:
+                release()
+                if rec.fingerprint != fp:
+                    raise JobConflict(
+                        f"job id {job.job_id!r} was already used for a different job; use a new id per job"
+                    )
+                q.put(JobEvent(job.job_id, accepted_queue_position=self._position(job.job_id), reattached=True))
+                if rec.result is not None:
+                    q.put(JobEvent(job.job_id, result=rec.result))
+                else:
+                    if rec.last_progress is not None:
+                        q.put(rec.last_progress)
+                    rec.subscribers.append(q)
+                return Subscription(self, job.job_id, q)
+            if self._stopping:
+                release()
+                raise RuntimeError("agent is shutting down")
+            rec = _Record(job, fp, files, JobState.QUEUED, release=release, subscribers=[q])
+            self._records[job.job_id] = rec
+            self._queue.append(job.job_id)
+            pos = self._position(job.job_id)
+            q.put(JobEvent(job.job_id, accepted_queue_position=pos))
+            q.put(JobEvent(job.job_id, phase=JobPhase.QUEUED, queue_position=pos,
+                           message=f"{pos} job(s) ahead on this device" if pos else ""))
+            self._lock.notify_all()
+        return Subscription(self, job.job_id, q)
+
+    def get(self, job_id: str) -> tuple[JobState, BenchmarkResult | None]:
+        with self._lock:
+            rec = self._lookup(job_id)
+            if rec is None:
+                return JobState.UNKNOWN, None
+            return rec.state, rec.result
+
+    def cancel(self, job_id: str) -> tuple[JobState, bool]:
+        with self._lock:
+            rec = self._lookup(job_id)
+            if rec is None:
+                return JobState.UNKNOWN, False
+            if rec.state == JobState.FINISHED:
+                return JobState.FINISHED, False
+            if rec.state == JobState.QUEUED:
+                self._queue.remove(job_id)
+                self._finish(rec, self._cancelled(rec.job, "cancelled by the client while queued"))
+                self._broadcast_positions()
+                return JobState.FINISHED, True
+            rec.cancel.set()
+            return JobState.RUNNING, True
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop taking jobs, cancel queued and running ones (their results say so), wait for the worker."""
+        with self._lock:
+            self._stopping = True
+            for job_id in list(self._queue):
+                self._finish(self._records[job_id], self._cancelled(self._records[job_id].job, "agent shut down"))
+            self._queue.clear()
+            if self._running:
+                self._records[self._running].cancel.set()
+            self._lock.notify_all()
+        self._worker.join(timeout)
+
+    def queue_length(self) -> int:
+        with self._lock:
+            return len(self._queue) + (1 if self._running else 0)
+
+    # ------------------------------------------------------------------ internals
+
+    @staticmethod
+    def _cancelled(job: BenchmarkJob, message: str) -> BenchmarkResult:
+        return BenchmarkResult(job_id=job.job_id, status=BenchmarkStatus.CANCELLED, message=message)
+
+    def _position(self, job_id: str) -> int:
+        ahead = 1 if self._running and self._running != job_id else 0
+        try:
+            return ahead + list(self._queue).index(job_id)
+        except ValueError:
+            return 0
+
+    def _broadcast_positions(self) -> None:
+        for pos, job_id in enumerate(self._queue, start=1 if self._running else 0):
+            self._publish(self._records[job_id], JobEvent(job_id, phase=JobPhase.QUEUED, queue_position=pos,
+                                                          message=f"{pos} job(s) ahead on this device"))
+
+    def _publish(self, rec: _Record, event: JobEvent) -> None:
+        if event.phase is not None:
+            rec.last_progress = event
+        for q in rec.subscribers:
+            q.put(event)
+
+    def _unsubscribe(self, job_id: str, q: queue.Queue[JobEvent]) -> None:
+        with self._lock:
+            rec = self._records.get(job_id)
+            if rec is not None and q in rec.subscribers:
+                rec.subscribers.remove(q)
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._stopping:
+                    self._lock.wait()
+                if self._stopping and not self._queue:
+                    return
+                job_id = self._queue.popleft()
+                rec = self._records[job_id]
+                rec.state = JobState.RUNNING
+                self._running = job_id
+                self._broadcast_positions()
+                self._publish(rec, JobEvent(job_id, phase=JobPhase.STARTING))
+
+            def progress(phase: JobPhase, iterations: int, message: str, rec: _Record = rec) -> None:
+                with self._lock:
+                    self._publish(rec, JobEvent(rec.job.job_id, phase=phase, iterations_done=iterations,
+                                                message=message))
+
+            assert rec.files is not None
+            try:
+                result = self._run(rec.job, rec.files, progress, rec.cancel)
+            except Exception as exc:  # a bug in the runner must not kill the queue
+                result = BenchmarkResult(job_id=job_id, status=BenchmarkStatus.FAILED,
+                                         message=f"agent error while running the job: {type(exc).__name__}: {exc}")
+            with self._lock:
+                self._running = None
+                self._finish(rec, result)
+
+    def _finish(self, rec: _Record, result: BenchmarkResult) -> None:
+        """Record the final result (memory and disk), tell every subscriber, release artifacts. Holds lock."""
+        rec.result = result
+        rec.state = JobState.FINISHED
+        rec.files = None
+        self._persist(rec)
+        self._publish(rec, JobEvent(rec.job.job_id, phase=JobPhase.FINISHED))
+        self._publish(rec, JobEvent(rec.job.job_id, result=result))
+        rec.subscribers.clear()
+        rec.release()
+        self._trim()
+
+    def _result_path(self, job_id: str) -> Path:
+        return self._dir / f"{hashlib.sha256(job_id.encode()).hexdigest()[:32]}.json"
+
+    def _persist(self, rec: _Record) -> None:
+        path = self._result_path(rec.job.job_id)
+        tmp = path.with_suffix(".tmp")
+        data = {"fingerprint": rec.fingerprint, "job": to_jsonable(rec.job), "result": to_jsonable(rec.result)}
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+
+    def _lookup(self, job_id: str) -> _Record | None:
+        rec = self._records.get(job_id)
+        if rec is not None:
+            return rec
+        path = self._result_path(job_id)
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            rec = _Record(decode(BenchmarkJob, data["job"]), data["fingerprint"], None, JobState.FINISHED,
+                          result=decode(BenchmarkResult, data["result"]))
+        except (ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)  # a damaged file is worth less than a rerun
+            return None
+        self._records[job_id] = rec
+        return rec
+
+    def _trim(self) -> None:
+        finished = [k for k, r in self._records.items() if r.state == JobState.FINISHED]
+        for job_id in finished[: max(0, len(finished) - self._max_kept)]:
+            del self._records[job_id]
+        files = sorted(self._dir.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+        for path in files[: max(0, len(files) - self._max_kept)]:
+            path.unlink(missing_ok=True)
+
+
+def iterate(sub: Subscription, alive: Callable[[], bool], poll_s: float = 0.5) -> Iterator[JobEvent]:
+    """Yield a subscription's events until the result, or until `alive()` turns false (client gone)."""
+    try:
+        while alive():
+            event = sub.next(poll_s)
+            if event is None:
+                continue
+            yield event
+            if event.result is not None:
+                return
+    finally:
+        sub.close()

@@ -1,0 +1,1 @@
+"""Measurement helpers of the agent's benchmark harness."""

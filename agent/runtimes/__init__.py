@@ -1,0 +1,36 @@
+"""The one explicit registry of runtime backends, as lazy import paths.
+
+Nothing here imports a runtime SDK: `load_backend` imports one backend module when a job child needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from agent.runtimes.base import Backend
+
+#: name -> "module:attribute" of a Backend instance. Every name appears in device info, available or not.
+REGISTRY: dict[str, str] = {
+    "onnxruntime": "agent.runtimes.onnxruntime:BACKEND",
+    "openvino": "agent.runtimes.planned:OPENVINO",
+    "litert": "agent.runtimes.planned:LITERT",
+    "tensorrt": "agent.runtimes.planned:TENSORRT",
+    "coreml": "agent.runtimes.planned:COREML",
+    "torch": "agent.runtimes.planned:TORCH",
+    "null": "agent.runtimes.null:BACKEND",
+}
+
+
+class UnknownRuntime(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown runtime {name!r}; valid runtimes: {', '.join(sorted(REGISTRY))}")
+
+
+def load_backend(name: str) -> Backend:
+    try:
+        target = REGISTRY[name]
+    except KeyError:
+        raise UnknownRuntime(name) from None
+    module_name, attr = target.split(":")
+    backend: Backend = getattr(importlib.import_module(module_name), attr)
+    return backend

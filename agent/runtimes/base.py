@@ -1,0 +1,66 @@
+"""The small interface every runtime backend implements, and the errors that become result statuses.
+
+A backend module may import its heavy SDK only inside its own functions: the server process never loads
+a model, only job child processes do (and the probe child, see `agent.runtimes.probe`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent.types import ModelFormat, RuntimeConfig, RuntimeInfo, TensorInfo
+
+Array = Any  # numpy.ndarray; kept loose so this module imports without numpy
+
+
+class RuntimeUnsupported(Exception):
+    """The runtime cannot run this job on this device (not installed, wrong format, missing provider)."""
+
+
+class ModelLoadError(Exception):
+    """The runtime is fine but the model could not be loaded (corrupt, truncated, unsupported op...)."""
+
+
+class InputMismatch(Exception):
+    """The inputs given do not fit what the model declares."""
+
+
+class Session(Protocol):
+    """A loaded model, ready to run. `run` is the timed call and must do nothing but inference."""
+
+    @property
+    def inputs(self) -> Sequence[TensorInfo]: ...
+
+    @property
+    def outputs(self) -> Sequence[TensorInfo]: ...
+
+    def run(self, feeds: Mapping[str, Array]) -> Sequence[Array]: ...
+
+    def execution_providers(self) -> Sequence[str]:
+        """What the runtime actually uses (may differ from what was asked)."""
+        ...
+
+    def details(self) -> Mapping[str, str]:
+        """Runtime settings worth recording in provenance (precision, optimisation level...)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+    formats: tuple[ModelFormat, ...]
+
+    def probe(self) -> RuntimeInfo:
+        """Whether this runtime can be used here, its version and providers, or why not. Never raises."""
+        ...
+
+    def load(self, model_path: Path, config: RuntimeConfig) -> Session:
+        """Load the model; raise RuntimeUnsupported or ModelLoadError with a message a user can act on."""
+        ...
+
+
+def unavailable(name: str, formats: tuple[ModelFormat, ...], reason: str, version: str = "") -> RuntimeInfo:
+    return RuntimeInfo(name=name, available=False, version=version, unavailable_reason=reason, model_formats=formats)

@@ -1,0 +1,161 @@
+"""Builds and runs the agent's gRPC server: auth, TLS, health, optional reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from protos.edgebench.agent.v1 import agent_pb2 as pb
+from protos.edgebench.agent.v1 import agent_pb2_grpc as pb_grpc
+
+import agent
+from agent.artifacts import ArtifactStore
+from agent.device import collect_device_info, load_or_create_device_id
+from agent.jobs import JobManager
+from agent.jobspec import decode
+from agent.runner import JobRunner, RunnerConfig
+from agent.runtimes import REGISTRY
+from agent.runtimes.base import unavailable
+from agent.servicer import AgentServicer
+from agent.settings import AgentSettings
+from agent.types import DeviceInfo, RuntimeInfo
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AgentService"].full_name
+#: Methods anyone may call: liveness only.
+PUBLIC_PREFIXES = ("/grpc.health.v1.Health/",)
+#: Results carry raw samples (up to ~9 MB at the 1M-sample cap); chunks are at most 1 MiB.
+MAX_MESSAGE_BYTES = 64 * 2**20
+PROBE_TIMEOUT_S = 60.0
+
+
+class TokenInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Every RPC but health needs `authorization: Bearer <token>`; compared in constant time."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        if details.method.startswith(PUBLIC_PREFIXES):
+            return continuation(details)
+        got = dict(details.invocation_metadata).get("authorization", "")
+        if hmac.compare_digest(str(got).encode(), self._expected):
+            return continuation(details)
+        handler = continuation(details)
+        if handler is None:
+            return None
+        message = "missing or wrong token: send 'authorization: Bearer <token>' (the agent's --token-file)"
+
+        def deny(request: Any, context: grpc.ServicerContext) -> Any:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(deny)
+        if handler.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(deny)
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(deny)
+        return grpc.unary_unary_rpc_method_handler(deny)
+
+
+class RuntimeProbe:
+    """Probes runtimes once, in a child process, in the background: start-up is not delayed by SDK imports."""
+
+    def __init__(self) -> None:
+        self._result: tuple[RuntimeInfo, ...] = ()
+        self._done = threading.Event()
+        threading.Thread(target=self._probe, name="edgebench-probe", daemon=True).start()
+
+    def _probe(self) -> None:
+        try:
+            out = subprocess.run([sys.executable, "-m", "agent.runtimes.probe"], capture_output=True, text=True,
+                                 timeout=PROBE_TIMEOUT_S, check=True, cwd=Path(agent.__file__).parent.parent)
+            self._result = tuple(decode(RuntimeInfo, item) for item in json.loads(out.stdout))
+        except (subprocess.SubprocessError, ValueError, OSError) as exc:
+            reason = f"runtime probe failed: {exc}"
+            log.error(reason)
+            self._result = tuple(unavailable(name, (), reason) for name in REGISTRY)
+        self._done.set()
+
+    def get(self) -> tuple[RuntimeInfo, ...]:
+        self._done.wait(PROBE_TIMEOUT_S + 5)
+        return self._result
+
+
+@dataclass
+class RunningAgent:
+    server: grpc.Server
+    port: int
+    jobs: JobManager
+    health: health.HealthServicer
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.jobs.shutdown()
+        self.server.stop(grace).wait()
+
+
+def build(settings: AgentSettings) -> RunningAgent:
+    """Create, bind and start the server (port 0 picks a free port; see `RunningAgent.port`)."""
+    workdir = settings.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    device_id = load_or_create_device_id(workdir)
+    store = ArtifactStore(workdir / "artifacts", max_artifact_bytes=settings.max_artifact_bytes,
+                          max_total_bytes=settings.max_cache_bytes)
+    store.remove_stale_partials()
+    runner = JobRunner(workdir / "jobs", RunnerConfig(
+        device_id=device_id, default_wall_time_ns=int(settings.job_wall_time_s * 1e9),
+        default_memory_bytes=settings.job_memory_bytes))
+    jobs = JobManager(workdir / "results", runner.run, max_kept=settings.max_kept_results)
+    probe = RuntimeProbe()
+
+    def device_info() -> DeviceInfo:
+        return collect_device_info(workdir, probe.get(), agent.__version__)
+
+    token = settings.read_token()
+    interceptors = [TokenInterceptor(token)] if token else []
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="edgebench-rpc"),
+        interceptors=interceptors,
+        options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                 ("grpc.so_reuseport", 0)],
+    )
+    pb_grpc.add_AgentServiceServicer_to_server(AgentServicer(store, jobs, device_info), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if settings.reflection:
+        from grpc_reflection.v1alpha import reflection
+
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls_cert and settings.tls_key:
+        client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+        creds = grpc.ssl_server_credentials(
+            [(Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())],
+            root_certificates=client_ca, require_client_auth=client_ca is not None)
+        port = server.add_secure_port(address, creds)
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        jobs.shutdown()
+        raise OSError(f"could not bind {address} (in use, or not an address of this machine)")
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningAgent(server, port, jobs, health_servicer)

@@ -1,0 +1,1 @@
+"""edgebench coordinator: fleet, dispatch, store, reports."""

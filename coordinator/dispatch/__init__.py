@@ -1,0 +1,1 @@
+"""Talking to agents: the gRPC transport client (and, later, the dispatcher)."""
