@@ -80,9 +80,7 @@ class Upload:
 
     def write(self, chunk: bytes) -> None:
         if self.offset + self.received + len(chunk) > self.size:
-            raise UploadConflict(
-                f"upload of {self.sha256[:12]} sent more than its declared size of {self.size} bytes"
-            )
+            raise UploadConflict(f"upload of {self.sha256[:12]} sent more than its declared size of {self.size} bytes")
         self._file.write(chunk)
         self._hasher.update(chunk)
         self.received += len(chunk)

@@ -35,34 +35,54 @@ def _fail(message: str, code: int) -> None:
 def serve(
     host: Annotated[Optional[str], typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,  # noqa: UP045
     port: Annotated[Optional[int], typer.Option(help="Port; 0 picks a free one [default: 50551].")] = None,  # noqa: UP045
-    workdir: Annotated[Optional[Path], typer.Option(help="Artifacts, results and the device id live here.")] = None,  # noqa: UP045
-    token_file: Annotated[Optional[Path], typer.Option(help="File holding the shared token clients must send.")] = None,  # noqa: UP045
+    workdir: Annotated[Path | None, typer.Option(help="Artifacts, results and the device id live here.")] = None,
+    token_file: Annotated[Path | None, typer.Option(help="File holding the shared token clients must send.")] = None,
     tls_cert: Annotated[Optional[Path], typer.Option(help="Server certificate (PEM) to serve TLS.")] = None,  # noqa: UP045
     tls_key: Annotated[Optional[Path], typer.Option(help="Server private key (PEM).")] = None,  # noqa: UP045
-    tls_client_ca: Annotated[Optional[Path], typer.Option(help="CA (PEM) that client certificates must chain to (mutual TLS).")] = None,  # noqa: UP045,E501
-    reflection: Annotated[Optional[bool], typer.Option("--reflection/--no-reflection", help="Serve gRPC reflection.")] = None,  # noqa: UP045,E501
-    insecure: Annotated[Optional[bool], typer.Option("--insecure", help="Allow a non-loopback address without auth.")] = None,  # noqa: UP045,E501
-    job_memory_mb: Annotated[Optional[int], typer.Option(help="Default memory limit per job (0 = none).")] = None,  # noqa: UP045
+    tls_client_ca: Annotated[
+        Path | None, typer.Option(help="CA (PEM) that client certificates must chain to (mutual TLS).")
+    ] = None,
+    reflection: Annotated[
+        bool | None, typer.Option("--reflection/--no-reflection", help="Serve gRPC reflection.")
+    ] = None,
+    insecure: Annotated[
+        bool | None, typer.Option("--insecure", help="Allow a non-loopback address without auth.")
+    ] = None,
+    job_memory_mb: Annotated[int | None, typer.Option(help="Default memory limit per job (0 = none).")] = None,
     job_timeout_s: Annotated[Optional[float], typer.Option(help="Default wall-time limit per job.")] = None,  # noqa: UP045
-    config: Annotated[Optional[Path], typer.Option(help="TOML file of settings (overridden by env and flags).")] = None,  # noqa: UP045
+    config: Annotated[Path | None, typer.Option(help="TOML file of settings (overridden by env and flags).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve benchmark jobs over gRPC until SIGTERM or SIGINT."""
     from agent.settings import SettingsError, load_settings
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )
     try:
         settings = load_settings(
-            config, host=host, port=port, workdir=workdir, token_file=token_file, tls_cert=tls_cert, tls_key=tls_key,
-            tls_client_ca=tls_client_ca, reflection=reflection, insecure=insecure,
-            job_memory_bytes=None if job_memory_mb is None else job_memory_mb * 2**20, job_wall_time_s=job_timeout_s)
+            config,
+            host=host,
+            port=port,
+            workdir=workdir,
+            token_file=token_file,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
+            reflection=reflection,
+            insecure=insecure,
+            job_memory_bytes=None if job_memory_mb is None else job_memory_mb * 2**20,
+            job_wall_time_s=job_timeout_s,
+        )
         settings.read_token()
     except (SettingsError, OSError) as exc:
         _fail(str(exc), EXIT_SETTINGS)
     if not settings.authenticated:
         where = "on loopback only" if settings.is_loopback else f"on {settings.host} WITH --insecure"
-        typer.echo(f"WARNING: no authentication ({where}): anyone who can reach the port can run code here.",
-                   err=True)
+        typer.echo(
+            f"WARNING: no authentication ({where}): anyone who can reach the port can run code here.",
+            err=True,
+        )
     if settings.token_file_exposed():
         typer.echo(f"WARNING: {settings.token_file} is readable by other users; chmod 600 it.", err=True)
     from agent.server import build
@@ -77,8 +97,11 @@ def serve(
     scheme = "tls" if settings.tls_cert else "plaintext"
     auth = "mTLS" if settings.tls_client_ca else ("token" if settings.token_file else "none")
     # The first stdout line is machine-readable: tools wait for it to learn the port.
-    print(f"edgebench-agent listening on {settings.host}:{running.port} ({scheme}, auth: {auth}, "
-          f"workdir: {settings.workdir})", flush=True)
+    print(
+        f"edgebench-agent listening on {settings.host}:{running.port} ({scheme}, auth: {auth}, "
+        f"workdir: {settings.workdir})",
+        flush=True,
+    )
     stop.wait()
     typer.echo("edgebench-agent: shutting down (cancelling running jobs)", err=True)
     running.stop()
@@ -90,12 +113,11 @@ def info(
     output: Annotated[OutputFormat, typer.Option("--format", help="table or json.")] = OutputFormat.table,
 ) -> None:
     """Print this device's info and which runtimes it can run."""
+    import agent
+    from agent.device import collect_device_info
     from agent.jobspec import to_jsonable
     from agent.runtimes.probe import probe_all
     from agent.settings import default_workdir
-    from agent.device import collect_device_info
-
-    import agent
 
     wd = workdir or default_workdir()
     wd.mkdir(parents=True, exist_ok=True)
@@ -103,17 +125,30 @@ def info(
     if output is OutputFormat.json:
         typer.echo(json.dumps(to_jsonable(device), indent=2))
         return
-    rows = [("device id", device.device_id), ("host", device.hostname),
-            ("os", f"{device.os_name} {device.os_release}"), ("arch", device.architecture),
-            ("cpu", f"{device.cpu_model} ({device.cpu_physical_cores} cores / {device.cpu_logical_cores} threads)"),
-            ("memory", f"{device.memory_total_bytes / 2**30:.1f} GiB"), ("board", device.board_model or "-"),
-            ("gpus", ", ".join(g.name for g in device.gpus) or "-"),
-            ("protocol", f"{device.protocol_major}.{device.protocol_minor}"), ("agent", device.agent_version)]
+    rows = [
+        ("device id", device.device_id),
+        ("host", device.hostname),
+        ("os", f"{device.os_name} {device.os_release}"),
+        ("arch", device.architecture),
+        (
+            "cpu",
+            f"{device.cpu_model} ({device.cpu_physical_cores} cores / {device.cpu_logical_cores} threads)",
+        ),
+        ("memory", f"{device.memory_total_bytes / 2**30:.1f} GiB"),
+        ("board", device.board_model or "-"),
+        ("gpus", ", ".join(g.name for g in device.gpus) or "-"),
+        ("protocol", f"{device.protocol_major}.{device.protocol_minor}"),
+        ("agent", device.agent_version),
+    ]
     for key, value in rows:
         typer.echo(f"{key:<10} {value}")
     typer.echo("runtimes:")
     for rt in device.runtimes:
-        state = f"yes  {rt.version}  {', '.join(rt.execution_providers)}" if rt.available else f"no   {rt.unavailable_reason}"
+        state = (
+            f"yes  {rt.version}  {', '.join(rt.execution_providers)}"
+            if rt.available
+            else f"no   {rt.unavailable_reason}"
+        )
         typer.echo(f"  {rt.name:<12} {state}")
 
 
@@ -122,4 +157,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -541,9 +541,7 @@ def _gpus(root: Path, run_command: RunCommand, memory_total: int) -> tuple[GpuIn
         return tuple(gpus)
     # A Jetson's GPU shares system RAM, and its nvidia-smi (JetPack 6+) reports no memory size.
     if gpus:
-        return tuple(
-            dataclasses.replace(g, memory_total_bytes=g.memory_total_bytes or memory_total) for g in gpus
-        )
+        return tuple(dataclasses.replace(g, memory_total_bytes=g.memory_total_bytes or memory_total) for g in gpus)
     dt_model, _ = _device_tree_model(root)
     l4t = _l4t_release(root)
     return (

@@ -108,8 +108,14 @@ class JobManager:
             self._queue.append(job.job_id)
             pos = self._position(job.job_id)
             q.put(JobEvent(job.job_id, accepted_queue_position=pos))
-            q.put(JobEvent(job.job_id, phase=JobPhase.QUEUED, queue_position=pos,
-                           message=f"{pos} job(s) ahead on this device" if pos else ""))
+            q.put(
+                JobEvent(
+                    job.job_id,
+                    phase=JobPhase.QUEUED,
+                    queue_position=pos,
+                    message=f"{pos} job(s) ahead on this device" if pos else "",
+                )
+            )
             self._lock.notify_all()
         return Subscription(self, job.job_id, q)
 
@@ -166,8 +172,15 @@ class JobManager:
 
     def _broadcast_positions(self) -> None:
         for pos, job_id in enumerate(self._queue, start=1 if self._running else 0):
-            self._publish(self._records[job_id], JobEvent(job_id, phase=JobPhase.QUEUED, queue_position=pos,
-                                                          message=f"{pos} job(s) ahead on this device"))
+            self._publish(
+                self._records[job_id],
+                JobEvent(
+                    job_id,
+                    phase=JobPhase.QUEUED,
+                    queue_position=pos,
+                    message=f"{pos} job(s) ahead on this device",
+                ),
+            )
 
     def _publish(self, rec: _Record, event: JobEvent) -> None:
         if event.phase is not None:
@@ -197,15 +210,20 @@ class JobManager:
 
             def progress(phase: JobPhase, iterations: int, message: str, rec: _Record = rec) -> None:
                 with self._lock:
-                    self._publish(rec, JobEvent(rec.job.job_id, phase=phase, iterations_done=iterations,
-                                                message=message))
+                    self._publish(
+                        rec,
+                        JobEvent(rec.job.job_id, phase=phase, iterations_done=iterations, message=message),
+                    )
 
             assert rec.files is not None
             try:
                 result = self._run(rec.job, rec.files, progress, rec.cancel)
             except Exception as exc:  # a bug in the runner must not kill the queue
-                result = BenchmarkResult(job_id=job_id, status=BenchmarkStatus.FAILED,
-                                         message=f"agent error while running the job: {type(exc).__name__}: {exc}")
+                result = BenchmarkResult(
+                    job_id=job_id,
+                    status=BenchmarkStatus.FAILED,
+                    message=f"agent error while running the job: {type(exc).__name__}: {exc}",
+                )
             with self._lock:
                 self._running = None
                 self._finish(rec, result)
@@ -228,7 +246,11 @@ class JobManager:
     def _persist(self, rec: _Record) -> None:
         path = self._result_path(rec.job.job_id)
         tmp = path.with_suffix(".tmp")
-        data = {"fingerprint": rec.fingerprint, "job": to_jsonable(rec.job), "result": to_jsonable(rec.result)}
+        data = {
+            "fingerprint": rec.fingerprint,
+            "job": to_jsonable(rec.job),
+            "result": to_jsonable(rec.result),
+        }
         tmp.write_text(json.dumps(data))
         os.replace(tmp, path)
 
@@ -241,8 +263,13 @@ class JobManager:
             return None
         try:
             data = json.loads(path.read_text())
-            rec = _Record(decode(BenchmarkJob, data["job"]), data["fingerprint"], None, JobState.FINISHED,
-                          result=decode(BenchmarkResult, data["result"]))
+            rec = _Record(
+                decode(BenchmarkJob, data["job"]),
+                data["fingerprint"],
+                None,
+                JobState.FINISHED,
+                result=decode(BenchmarkResult, data["result"]),
+            )
         except (ValueError, KeyError, TypeError):
             path.unlink(missing_ok=True)  # a damaged file is worth less than a rerun
             return None

@@ -36,10 +36,10 @@ def from_jsonable(tp: Any, data: Any) -> Any:
     """Decode `data` as type `tp` (a dataclass, enum, tuple[...], X | None, or a scalar)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
         if data is None:
             return None
-        return from_jsonable(args[0], data)
+        return from_jsonable(members[0], data)
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(data, list):

@@ -9,6 +9,7 @@ exception: the agent keeps serving.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -34,8 +35,14 @@ WATCH_INTERVAL_S = 0.02
 #: How often the whole process tree (not only the child) is summed: scanning /proc costs more.
 TREE_SCAN_INTERVAL_S = 0.5
 DIAGNOSTICS_CHARS = 4000
-MODEL_SUFFIX = {ModelFormat.ONNX: ".onnx", ModelFormat.OPENVINO_IR: ".xml", ModelFormat.TFLITE: ".tflite",
-                ModelFormat.COREML: ".mlpackage", ModelFormat.TORCH_EXPORT: ".pt2", ModelFormat.NULL: ".json"}
+MODEL_SUFFIX = {
+    ModelFormat.ONNX: ".onnx",
+    ModelFormat.OPENVINO_IR: ".xml",
+    ModelFormat.TFLITE: ".tflite",
+    ModelFormat.COREML: ".mlpackage",
+    ModelFormat.TORCH_EXPORT: ".pt2",
+    ModelFormat.NULL: ".json",
+}
 
 Progress = Callable[[JobPhase, int, str], None]
 
@@ -90,12 +97,19 @@ class JobRunner:
             result = self._run_child(job, folder, model, files.dataset, progress, cancel, started)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        prov = dataclasses.replace(result.provenance, device_id=self.config.device_id,
-                                   agent_version=agent.__version__)
+        prov = dataclasses.replace(result.provenance, device_id=self.config.device_id, agent_version=agent.__version__)
         return dataclasses.replace(result, provenance=prov)
 
-    def _run_child(self, job: BenchmarkJob, folder: Path, model: Path, dataset: Path | None,
-                   progress: Progress, cancel: threading.Event, started: int) -> BenchmarkResult:
+    def _run_child(
+        self,
+        job: BenchmarkJob,
+        folder: Path,
+        model: Path,
+        dataset: Path | None,
+        progress: Progress,
+        cancel: threading.Event,
+        started: int,
+    ) -> BenchmarkResult:
         wall_ns = job.limits.wall_time_ns or self.config.default_wall_time_ns
         mem_limit = job.limits.memory_bytes or self.config.default_memory_bytes
         env = dict(os.environ)
@@ -104,13 +118,22 @@ class JobRunner:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         read_fd, write_fd = os.pipe()
         log_path = folder / "output.log"
-        envelope = {"job": to_jsonable(job), "model_path": str(model),
-                    "dataset_path": str(dataset) if dataset else None}
+        envelope = {
+            "job": to_jsonable(job),
+            "model_path": str(model),
+            "dataset_path": str(dataset) if dataset else None,
+        }
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 [self.config.python, "-m", "agent.child", "--event-fd", str(write_fd)],
-                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=env,
-                pass_fds=(write_fd,), start_new_session=True, close_fds=True,
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=folder,
+                env=env,
+                pass_fds=(write_fd,),
+                start_new_session=True,
+                close_fds=True,
             )
         os.close(write_fd)
         assert proc.stdin is not None
@@ -140,27 +163,39 @@ class JobRunner:
         def failed(status: BenchmarkStatus, message: str) -> BenchmarkResult:
             tail = log_path.read_text(errors="replace")[-DIAGNOSTICS_CHARS:] if log_path.exists() else ""
             return BenchmarkResult(
-                job_id=job.job_id, status=status, message=message, started_at_ns=started,
-                finished_at_ns=time.time_ns(), diagnostics=tail,
-                provenance=Provenance(runtime_name=job.runtime.name, model_sha256=job.model.sha256,
-                                      dataset_sha256=job.inputs.dataset_sha256, batch_size=job.inputs.batch_size,
-                                      intra_op_threads=job.runtime.intra_op_threads,
-                                      inter_op_threads=job.runtime.inter_op_threads,
-                                      precision_hint=job.runtime.precision_hint),
+                job_id=job.job_id,
+                status=status,
+                message=message,
+                started_at_ns=started,
+                finished_at_ns=time.time_ns(),
+                diagnostics=tail,
+                provenance=Provenance(
+                    runtime_name=job.runtime.name,
+                    model_sha256=job.model.sha256,
+                    dataset_sha256=job.inputs.dataset_sha256,
+                    batch_size=job.inputs.batch_size,
+                    intra_op_threads=job.runtime.intra_op_threads,
+                    inter_op_threads=job.runtime.inter_op_threads,
+                    precision_hint=job.runtime.precision_hint,
+                ),
             )
 
         phase = watch.phase.value.replace("_", " ")
         if killed_for == "cancel":
             return failed(BenchmarkStatus.CANCELLED, f"cancelled by the client during {phase}")
         if killed_for == "timeout":
-            return failed(BenchmarkStatus.TIMEOUT,
-                          f"job exceeded its wall-time limit of {wall_ns / 1e9:g} s during {phase} and was killed; "
-                          "raise the job's time limit or lower its max duration")
+            return failed(
+                BenchmarkStatus.TIMEOUT,
+                f"job exceeded its wall-time limit of {wall_ns / 1e9:g} s during {phase} and was killed; "
+                "raise the job's time limit or lower its max duration",
+            )
         if killed_for == "memory":
-            return failed(BenchmarkStatus.OUT_OF_MEMORY,
-                          f"job process reached {_mb(watch.peak_rss)} RSS during {phase}, over its memory limit "
-                          f"of {_mb(mem_limit)}, and was killed; raise the job's memory limit or use a smaller "
-                          "model or batch")
+            return failed(
+                BenchmarkStatus.OUT_OF_MEMORY,
+                f"job process reached {_mb(watch.peak_rss)} RSS during {phase}, over its memory limit "
+                f"of {_mb(mem_limit)}, and was killed; raise the job's memory limit or use a smaller "
+                "model or batch",
+            )
         if watch.result is not None:
             try:
                 return decode(BenchmarkResult, watch.result)
@@ -175,15 +210,15 @@ class JobRunner:
                 "SIGBUS": "the runtime crashed (bus error)",
             }.get(name, "terminated by a signal")
             return failed(BenchmarkStatus.FAILED, f"job process died from {name} during {phase}: {why}")
-        return failed(BenchmarkStatus.FAILED,
-                      f"job process exited with code {code} during {phase} without a result; see diagnostics")
+        return failed(
+            BenchmarkStatus.FAILED,
+            f"job process exited with code {code} during {phase} without a result; see diagnostics",
+        )
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class _Watch:

@@ -17,9 +17,6 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from protos.edgebench.agent.v1 import agent_pb2 as pb
-from protos.edgebench.agent.v1 import agent_pb2_grpc as pb_grpc
-
 import agent
 from agent.artifacts import ArtifactStore
 from agent.device import collect_device_info, load_or_create_device_id
@@ -31,6 +28,8 @@ from agent.runtimes.base import unavailable
 from agent.servicer import AgentServicer
 from agent.settings import AgentSettings
 from agent.types import DeviceInfo, RuntimeInfo
+from protos.edgebench.agent.v1 import agent_pb2 as pb
+from protos.edgebench.agent.v1 import agent_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AgentService"].full_name
@@ -80,8 +79,14 @@ class RuntimeProbe:
 
     def _probe(self) -> None:
         try:
-            out = subprocess.run([sys.executable, "-m", "agent.runtimes.probe"], capture_output=True, text=True,
-                                 timeout=PROBE_TIMEOUT_S, check=True, cwd=Path(agent.__file__).parent.parent)
+            out = subprocess.run(
+                [sys.executable, "-m", "agent.runtimes.probe"],
+                capture_output=True,
+                text=True,
+                timeout=PROBE_TIMEOUT_S,
+                check=True,
+                cwd=Path(agent.__file__).parent.parent,
+            )
             self._result = tuple(decode(RuntimeInfo, item) for item in json.loads(out.stdout))
         except (subprocess.SubprocessError, ValueError, OSError) as exc:
             reason = f"runtime probe failed: {exc}"
@@ -112,12 +117,20 @@ def build(settings: AgentSettings) -> RunningAgent:
     workdir = settings.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     device_id = load_or_create_device_id(workdir)
-    store = ArtifactStore(workdir / "artifacts", max_artifact_bytes=settings.max_artifact_bytes,
-                          max_total_bytes=settings.max_cache_bytes)
+    store = ArtifactStore(
+        workdir / "artifacts",
+        max_artifact_bytes=settings.max_artifact_bytes,
+        max_total_bytes=settings.max_cache_bytes,
+    )
     store.remove_stale_partials()
-    runner = JobRunner(workdir / "jobs", RunnerConfig(
-        device_id=device_id, default_wall_time_ns=int(settings.job_wall_time_s * 1e9),
-        default_memory_bytes=settings.job_memory_bytes))
+    runner = JobRunner(
+        workdir / "jobs",
+        RunnerConfig(
+            device_id=device_id,
+            default_wall_time_ns=int(settings.job_wall_time_s * 1e9),
+            default_memory_bytes=settings.job_memory_bytes,
+        ),
+    )
     jobs = JobManager(workdir / "results", runner.run, max_kept=settings.max_kept_results)
     probe = RuntimeProbe()
 
@@ -129,9 +142,11 @@ def build(settings: AgentSettings) -> RunningAgent:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="edgebench-rpc"),
         interceptors=interceptors,
-        options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                 ("grpc.so_reuseport", 0)],
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
     )
     pb_grpc.add_AgentServiceServicer_to_server(AgentServicer(store, jobs, device_info), server)
     health_servicer = health.HealthServicer()
@@ -140,21 +155,33 @@ def build(settings: AgentSettings) -> RunningAgent:
         from grpc_reflection.v1alpha import reflection
 
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
     address = f"{settings.host}:{settings.port}"
-    if settings.tls_cert and settings.tls_key:
-        client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
-        creds = grpc.ssl_server_credentials(
-            [(Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())],
-            root_certificates=client_ca, require_client_auth=client_ca is not None)
-        port = server.add_secure_port(address, creds)
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        if settings.tls_cert and settings.tls_key:
+            client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+            creds = grpc.ssl_server_credentials(
+                [(Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())],
+                root_certificates=client_ca,
+                require_client_auth=client_ca is not None,
+            )
+            port = server.add_secure_port(address, creds)
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio raises on bind failure (older versions return 0)
+        port = 0
     if port == 0:
         jobs.shutdown()
-        raise OSError(f"could not bind {address} (in use, or not an address of this machine)")
+        raise OSError(
+            f"could not bind {address}: the port is in use or the address is not one of this machine's; "
+            "pick another --port (0 = any free port) or --host"
+        )
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import NoReturn
 
 import grpc
-
-from protos.edgebench.agent.v1 import agent_pb2 as pb
-from protos.edgebench.agent.v1 import agent_pb2_grpc as pb_grpc
 
 from agent import wire
 from agent.artifacts import (
@@ -30,6 +27,8 @@ from agent.jobs import JobConflict, JobManager, iterate
 from agent.runner import JobFiles
 from agent.types import BenchmarkJob, DeviceInfo, JobState
 from agent.validate import validate_job
+from protos.edgebench.agent.v1 import agent_pb2 as pb
+from protos.edgebench.agent.v1 import agent_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +42,13 @@ _ARTIFACT_CODES: dict[type[ArtifactError], grpc.StatusCode] = {
 }
 
 
-def _abort(context: grpc.ServicerContext, exc: ArtifactError) -> Any:
-    context.abort(_ARTIFACT_CODES.get(type(exc), grpc.StatusCode.INVALID_ARGUMENT), str(exc))
+def _fail(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    context.abort(code, message)  # raises
+    raise AssertionError("unreachable: ServicerContext.abort raises")
+
+
+def _abort(context: grpc.ServicerContext, exc: ArtifactError) -> NoReturn:
+    _fail(context, _ARTIFACT_CODES.get(type(exc), grpc.StatusCode.INVALID_ARGUMENT), str(exc))
 
 
 class AgentServicer(pb_grpc.AgentServiceServicer):
@@ -53,72 +57,79 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         self._jobs = jobs
         self._device_info = device_info
 
-    def GetDeviceInfo(self, request: pb.GetDeviceInfoRequest, context: grpc.ServicerContext) -> pb.GetDeviceInfoResponse:
+    def GetDeviceInfo(
+        self, request: pb.GetDeviceInfoRequest, context: grpc.ServicerContext
+    ) -> pb.GetDeviceInfoResponse:
         return pb.GetDeviceInfoResponse(device=wire.device_info_to_pb(self._device_info()))
 
-    def FindMissingArtifacts(self, request: pb.FindMissingArtifactsRequest,
-                             context: grpc.ServicerContext) -> pb.FindMissingArtifactsResponse:
+    def FindMissingArtifacts(
+        self, request: pb.FindMissingArtifactsRequest, context: grpc.ServicerContext
+    ) -> pb.FindMissingArtifactsResponse:
         if len(request.sha256) > 10_000:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "at most 10,000 digests per call")
+            _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "at most 10,000 digests per call")
         try:
             return pb.FindMissingArtifactsResponse(missing_sha256=self._store.missing(request.sha256))
         except ArtifactError as exc:
-            return _abort(context, exc)
+            _abort(context, exc)
 
-    def GetUploadStatus(self, request: pb.GetUploadStatusRequest,
-                        context: grpc.ServicerContext) -> pb.GetUploadStatusResponse:
+    def GetUploadStatus(
+        self, request: pb.GetUploadStatusRequest, context: grpc.ServicerContext
+    ) -> pb.GetUploadStatusResponse:
         try:
             if self._store.has(request.sha256):
                 return pb.GetUploadStatusResponse(complete=True)
             return pb.GetUploadStatusResponse(committed_offset_bytes=self._store.committed_offset(request.sha256))
         except ArtifactError as exc:
-            return _abort(context, exc)
+            _abort(context, exc)
 
-    def UploadArtifact(self, request_iterator: Iterator[pb.UploadArtifactRequest],
-                       context: grpc.ServicerContext) -> pb.UploadArtifactResponse:
+    def UploadArtifact(
+        self, request_iterator: Iterator[pb.UploadArtifactRequest], context: grpc.ServicerContext
+    ) -> pb.UploadArtifactResponse:
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("payload") != "header":
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first UploadArtifact message must be the header")
+            _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "the first UploadArtifact message must be the header")
         header = first.header
         try:
             upload = self._store.begin_upload(header.sha256, header.size_bytes, header.offset_bytes)
         except ArtifactError as exc:
-            return _abort(context, exc)
+            _abort(context, exc)
         if upload is None:
             return pb.UploadArtifactResponse(sha256=header.sha256, size_bytes=header.size_bytes, already_present=True)
         try:
             for message in request_iterator:
                 if message.WhichOneof("payload") != "chunk":
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "only chunks may follow the header")
+                    _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "only chunks may follow the header")
                 upload.write(message.chunk)
             upload.commit()
         except ArtifactError as exc:
-            return _abort(context, exc)
+            _abort(context, exc)
         finally:
             upload.close()  # keeps a resumable part file if the stream broke
-        return pb.UploadArtifactResponse(sha256=header.sha256, size_bytes=header.size_bytes,
-                                         received_bytes=upload.received)
+        return pb.UploadArtifactResponse(
+            sha256=header.sha256, size_bytes=header.size_bytes, received_bytes=upload.received
+        )
 
-    def RunBenchmark(self, request: pb.RunBenchmarkRequest,
-                     context: grpc.ServicerContext) -> Iterator[pb.RunBenchmarkResponse]:
+    def RunBenchmark(
+        self, request: pb.RunBenchmarkRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.RunBenchmarkResponse]:
         try:
             job = wire.job_from_pb(request.job)
         except wire.WireError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed job: {exc}")
+            _fail(context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed job: {exc}")
         problems = validate_job(job)
         if problems:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed job: " + "; ".join(problems))
+            _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed job: " + "; ".join(problems))
         try:
             files, digests = self._resolve(job)
         except ArtifactError as exc:
-            return _abort(context, exc)  # type: ignore[no-any-return]
+            _abort(context, exc)
         self._store.pin(digests)
         try:
             sub = self._jobs.submit(job, files, release=lambda: self._store.unpin(digests))
         except JobConflict as exc:
-            context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+            _fail(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
         except RuntimeError as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            _fail(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         # A client that goes away does not cancel the job: it can re-attach or fetch the result later.
         for event in iterate(sub, context.is_active):
             yield wire.event_to_pb(event)
@@ -140,13 +151,15 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         )
         return files, digests
 
-    def CancelBenchmark(self, request: pb.CancelBenchmarkRequest,
-                        context: grpc.ServicerContext) -> pb.CancelBenchmarkResponse:
+    def CancelBenchmark(
+        self, request: pb.CancelBenchmarkRequest, context: grpc.ServicerContext
+    ) -> pb.CancelBenchmarkResponse:
         state, cancelled = self._jobs.cancel(request.job_id)
         return pb.CancelBenchmarkResponse(state=wire.job_state_to_pb(state), cancelled=cancelled)  # type: ignore[arg-type]
 
-    def GetBenchmarkResult(self, request: pb.GetBenchmarkResultRequest,
-                           context: grpc.ServicerContext) -> pb.GetBenchmarkResultResponse:
+    def GetBenchmarkResult(
+        self, request: pb.GetBenchmarkResultRequest, context: grpc.ServicerContext
+    ) -> pb.GetBenchmarkResultResponse:
         state, result = self._jobs.get(request.job_id)
         response = pb.GetBenchmarkResultResponse(state=wire.job_state_to_pb(state))  # type: ignore[arg-type]
         if state == JobState.FINISHED and result is not None:

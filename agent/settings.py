@@ -117,8 +117,7 @@ def _coerce(field: dataclasses.Field[Any], raw: Any) -> Any:
     return str(raw)
 
 
-def load_settings(config_file: Path | None = None, env: dict[str, str] | None = None,
-                  **cli: Any) -> AgentSettings:
+def load_settings(config_file: Path | None = None, env: dict[str, str] | None = None, **cli: Any) -> AgentSettings:
     """Merge the layers (CLI values of None mean "not given") and validate."""
     env = dict(os.environ) if env is None else env
     fields = {f.name: f for f in dataclasses.fields(AgentSettings)}
@@ -130,8 +129,9 @@ def load_settings(config_file: Path | None = None, env: dict[str, str] | None = 
             raise SettingsError(f"config file {config_file}: {exc}") from None
         unknown = set(data) - set(fields)
         if unknown:
-            raise SettingsError(f"config file {config_file}: unknown settings {sorted(unknown)}; "
-                                f"known: {', '.join(sorted(fields))}")
+            raise SettingsError(
+                f"config file {config_file}: unknown settings {sorted(unknown)}; known: {', '.join(sorted(fields))}"
+            )
         values.update(data)
     for name in fields:
         if (raw := env.get(ENV_PREFIX + name.upper())) is not None:

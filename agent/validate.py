@@ -54,8 +54,9 @@ def validate_job(job: BenchmarkJob) -> list[str]:
     elif p.max_duration_ns < p.min_duration_ns:
         problems.append("plan.max_duration must be at least plan.min_duration")
     if not p.min_iterations <= p.max_iterations <= MAX_ITERATIONS:
-        problems.append(f"plan.max_iterations must be between min_iterations and {MAX_ITERATIONS}, "
-                        f"got {p.max_iterations}")
+        problems.append(
+            f"plan.max_iterations must be between min_iterations and {MAX_ITERATIONS}, got {p.max_iterations}"
+        )
     if not 0 <= p.target_relative_ci < 1:
         problems.append(f"plan.target_relative_ci must be in [0, 1), got {p.target_relative_ci}")
     if job.limits.wall_time_ns < 0:

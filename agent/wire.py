@@ -20,10 +20,6 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from protos.edgebench.agent.v1 import agent_pb2 as pb
-from protos.version import Version
-
-from agent.validate import MAX_ITERATIONS
 from agent.types import (
     BenchmarkJob,
     BenchmarkResult,
@@ -32,6 +28,9 @@ from agent.types import (
     JobEvent,
     JobState,
 )
+from agent.validate import MAX_ITERATIONS
+from protos.edgebench.agent.v1 import agent_pb2 as pb
+from protos.version import Version
 
 T = TypeVar("T")
 TIMESTAMP = "google.protobuf.Timestamp"
@@ -108,7 +107,7 @@ def _enum_from(fd: Any, py_enum: type[enum.Enum], number: int, path: str) -> enu
     value = fd.enum_type.values_by_number.get(number)
     if value is None:
         raise WireError(f"{path}: unknown {fd.enum_type.name} value {number} (is the peer newer?)")
-    member = value.name[len(_enum_prefix(fd.enum_type)):]
+    member = value.name[len(_enum_prefix(fd.enum_type)) :]
     try:
         return py_enum[member]
     except KeyError:
@@ -122,7 +121,7 @@ def read(cls: type[T], msg: Message, path: str = "", skip: tuple[str, ...] = (),
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name in skip:
             continue
-        tp, optional = _unwrap_optional(_hints(cls)[f.name])
+        tp, optional = _unwrap_optional(_hints(typing.cast(type, cls))[f.name])
         name = _wire_name(desc, f.name)
         fd = desc.fields_by_name[name]
         here = f"{path}.{name}" if path else name
@@ -163,8 +162,14 @@ def device_info_to_pb(info: DeviceInfo) -> pb.DeviceInfo:
 
 
 def device_info_from_pb(msg: pb.DeviceInfo) -> DeviceInfo:
-    return read(DeviceInfo, msg, "device", skip=("protocol_major", "protocol_minor"),
-                protocol_major=msg.protocol.major, protocol_minor=msg.protocol.minor)
+    return read(
+        DeviceInfo,
+        msg,
+        "device",
+        skip=("protocol_major", "protocol_minor"),
+        protocol_major=msg.protocol.major,
+        protocol_minor=msg.protocol.minor,
+    )
 
 
 def version_from_pb(msg: pb.ProtocolVersion) -> Version:
@@ -186,6 +191,8 @@ def _input_spec_from_pb(msg: pb.InputSpec) -> InputSpec:
     if source is None:
         raise WireError("job.inputs: set either dataset_sha256 or generated")
     if source == "dataset_sha256":
+        if not msg.dataset_sha256:
+            raise WireError("job.inputs.dataset_sha256: empty digest; set a sha256 or use generated inputs")
         return InputSpec(batch_size=msg.batch_size, dataset_sha256=msg.dataset_sha256)
     return InputSpec(batch_size=msg.batch_size, seed=msg.generated.seed, num_batches=msg.generated.num_batches)
 
@@ -203,8 +210,7 @@ def job_from_pb(msg: pb.BenchmarkJob) -> BenchmarkJob:
     plan = read(type(defaults.plan), msg.plan, "job.plan") if msg.HasField("plan") else defaults.plan
     if plan.max_iterations == 0:
         plan = dataclasses.replace(plan, max_iterations=MAX_ITERATIONS)
-    return read(BenchmarkJob, msg, "job", skip=("inputs", "plan"), inputs=_input_spec_from_pb(msg.inputs),
-                plan=plan)
+    return read(BenchmarkJob, msg, "job", skip=("inputs", "plan"), inputs=_input_spec_from_pb(msg.inputs), plan=plan)
 
 
 def read_model_default() -> Any:
@@ -236,8 +242,7 @@ def event_to_pb(event: JobEvent) -> pb.RunBenchmarkResponse:
         msg.accepted.reattached = event.reattached
     else:
         assert event.phase is not None
-        fd = pb.JobProgress.DESCRIPTOR.fields_by_name["phase"]
-        msg.progress.phase = fd.enum_type.values_by_name[_enum_prefix(fd.enum_type) + event.phase.name].number
+        msg.progress.phase = pb.JobPhase.Value(f"JOB_PHASE_{event.phase.name}")
         msg.progress.queue_position = event.queue_position
         msg.progress.iterations_done = event.iterations_done
         msg.progress.message = event.message
@@ -251,13 +256,21 @@ def event_from_pb(msg: pb.RunBenchmarkResponse) -> JobEvent:
     if kind == "result":
         return JobEvent(msg.job_id, result=result_from_pb(msg.result))
     if kind == "accepted":
-        return JobEvent(msg.job_id, accepted_queue_position=msg.accepted.queue_position,
-                        reattached=msg.accepted.reattached)
+        return JobEvent(
+            msg.job_id,
+            accepted_queue_position=msg.accepted.queue_position,
+            reattached=msg.accepted.reattached,
+        )
     if kind == "progress":
         fd = pb.JobProgress.DESCRIPTOR.fields_by_name["phase"]
         phase = _enum_from(fd, JobPhase, msg.progress.phase, "progress.phase")
-        return JobEvent(msg.job_id, phase=typing.cast(JobPhase, phase), queue_position=msg.progress.queue_position,
-                        iterations_done=msg.progress.iterations_done, message=msg.progress.message)
+        return JobEvent(
+            msg.job_id,
+            phase=typing.cast(JobPhase, phase),
+            queue_position=msg.progress.queue_position,
+            iterations_done=msg.progress.iterations_done,
+            message=msg.progress.message,
+        )
     raise WireError("RunBenchmarkResponse has no event set")
 
 

@@ -49,5 +49,6 @@ def check_compatibility(client: Version, agent: Version) -> Compatibility:
         )
     upgrade = "agent" if agent.major < client.major else "coordinator"
     return Compatibility(
-        False, f"client speaks protocol {client}, agent speaks {agent}: incompatible majors; upgrade the {upgrade}"
+        False,
+        f"client speaks protocol {client}, agent speaks {agent}: incompatible majors; upgrade the {upgrade}",
     )

@@ -23,24 +23,27 @@ GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
 def generate(out_root: Path) -> list[Path]:
     """Run protoc with paths relative to the repo root so generated imports read `protos.edgebench...`."""
-    import grpc_tools  # noqa: PLC0415 - dev-only dependency
+    import grpc_tools
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     bindir = Path(sys.executable).parent  # mypy-protobuf's plugins live beside the interpreter
     protos = sorted(p.relative_to(ROOT) for p in PROTO_DIR.glob("*.proto"))
     cmd = [
-        sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT}", f"-I{include}",
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{ROOT}",
+        f"-I{include}",
         f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
-        f"--python_out={out_root}", f"--grpc_python_out={out_root}",
-        f"--mypy_out={out_root}", f"--mypy_grpc_out={out_root}",
+        f"--python_out={out_root}",
+        f"--grpc_python_out={out_root}",
+        f"--mypy_out={out_root}",
+        f"--mypy_grpc_out={out_root}",
         *[str(p) for p in protos],
     ]
     subprocess.run(cmd, check=True, cwd=ROOT)
-    return [
-        (out_root / p).with_name(p.stem + suffix)
-        for p in protos for suffix in GENERATED_SUFFIXES
-    ]
+    return [(out_root / p).with_name(p.stem + suffix) for p in protos for suffix in GENERATED_SUFFIXES]
 
 
 def main() -> int:

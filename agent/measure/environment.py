@@ -58,11 +58,7 @@ def _sysfs_cpu_frequency_hz(root: Path) -> int:
         # Evenly spaced rather than the first N, so every cluster of a big.LITTLE chip is represented.
         step = len(cpus) / _MAX_CPUS_SAMPLED
         cpus = [cpus[int(i * step)] for i in range(_MAX_CPUS_SAMPLED)]
-    readings = [
-        khz
-        for cpu in cpus
-        if (khz := _read_int(cpu / "cpufreq" / "scaling_cur_freq")) is not None and khz > 0
-    ]
+    readings = [khz for cpu in cpus if (khz := _read_int(cpu / "cpufreq" / "scaling_cur_freq")) is not None and khz > 0]
     return sum(readings) * 1000 // len(readings) if readings else 0
 
 
@@ -170,13 +166,10 @@ def throttling_suspected(
     f0, f1 = before.cpu_frequency_hz, after.cpu_frequency_hz
     if f0 > 0 and f1 > 0 and f1 < f0 * (1.0 - freq_drop_fraction):
         reasons.append(
-            f"CPU frequency dropped {(f0 - f1) / f0:.0%} during the run "
-            f"({f0 / 1e9:.2f} GHz -> {f1 / 1e9:.2f} GHz)"
+            f"CPU frequency dropped {(f0 - f1) / f0:.0%} during the run ({f0 / 1e9:.2f} GHz -> {f1 / 1e9:.2f} GHz)"
         )
     hottest = max(before.temperature_millicelsius, after.temperature_millicelsius)
     if hottest > hot_millicelsius:
         which = "after" if after.temperature_millicelsius >= before.temperature_millicelsius else "before"
-        reasons.append(
-            f"temperature {hottest / 1000:.1f} °C {which} the run exceeds {hot_millicelsius / 1000:.1f} °C"
-        )
+        reasons.append(f"temperature {hottest / 1000:.1f} °C {which} the run exceeds {hot_millicelsius / 1000:.1f} °C")
     return "; ".join(reasons) if reasons else None

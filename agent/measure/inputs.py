@@ -53,9 +53,7 @@ def load_dataset(path: Path, model_inputs: Sequence[TensorInfo]) -> Dataset:
             inputs[name] = arrays["inputs"]
         else:
             wanted = "'inputs'" if len(names) == 1 else ", ".join(f"'inputs/{n}'" for n in names)
-            raise InputMismatch(
-                f"dataset has keys {sorted(arrays)}, but the model's input {name!r} needs {wanted}"
-            )
+            raise InputMismatch(f"dataset has keys {sorted(arrays)}, but the model's input {name!r} needs {wanted}")
     sizes = {len(a) if a.ndim else 0 for a in inputs.values()}
     if len(sizes) != 1 or 0 in sizes:
         raise InputMismatch(f"dataset input arrays must share a non-empty first (sample) axis; got sizes {sizes}")
@@ -108,10 +106,12 @@ def generated_batches(model_inputs: Sequence[TensorInfo], batch_size: int, num_b
         for info in model_inputs:
             shape = []
             for axis, d in enumerate(info.shape):
-                if d >= 0:
-                    shape.append(d)
-                elif axis == 0:
+                if axis == 0:
+                    # Axis 0 is the batch axis: follow the request, so a fixed-batch model that disagrees is
+                    # reported by check_batch rather than silently measured at another batch size.
                     shape.append(batch_size)
+                elif d >= 0:
+                    shape.append(d)
                 else:
                     raise InputMismatch(
                         f"model input {info.name!r} ({_describe(info)}) has a free dimension at axis {axis}, "

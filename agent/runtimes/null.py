@@ -31,8 +31,14 @@ def _busy_wait(ns: int) -> None:
 
 
 class NullSession:
-    def __init__(self, inputs: tuple[TensorInfo, ...], num_classes: int, latency_ns: int, crash_on_run: bool,
-                 ballast: Any) -> None:
+    def __init__(
+        self,
+        inputs: tuple[TensorInfo, ...],
+        num_classes: int,
+        latency_ns: int,
+        crash_on_run: bool,
+        ballast: Any,
+    ) -> None:
         import numpy as np
 
         self._np = np
@@ -85,8 +91,7 @@ class NullBackend:
     formats = FORMATS
 
     def probe(self) -> RuntimeInfo:
-        return RuntimeInfo(name=NAME, available=True, version="1", execution_providers=("null",),
-                           model_formats=FORMATS)
+        return RuntimeInfo(name=NAME, available=True, version="1", execution_providers=("null",), model_formats=FORMATS)
 
     def load(self, model_path: Path, config: RuntimeConfig) -> NullSession:
         crash = config.option("crash")

@@ -25,8 +25,12 @@ ORT_DTYPES = {
     "tensor(bool)": "bool",
 }
 
-GRAPH_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-                    "all": "ORT_ENABLE_ALL"}
+GRAPH_OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
 
 
 def _tensor_infos(args: Sequence[Any]) -> tuple[TensorInfo, ...]:

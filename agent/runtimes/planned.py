@@ -28,9 +28,7 @@ class PlannedBackend:
                 version = importlib.metadata.version(dist)
             except importlib.metadata.PackageNotFoundError:
                 continue
-            return version, (
-                f"{dist} {version} is installed, but this agent version has no {self.name} backend yet"
-            )
+            return version, (f"{dist} {version} is installed, but this agent version has no {self.name} backend yet")
         hint = f" ({self.platform_note})" if self.platform_note else ""
         return "", f"not installed: none of {', '.join(self.distributions)} found{hint}"
 

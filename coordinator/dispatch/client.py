@@ -52,8 +52,10 @@ class UploadReport:
 class AgentClient:
     def __init__(self, address: str, credentials: Credentials | None = None, timeout_s: float = 30.0) -> None:
         creds = credentials or Credentials()
-        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        options: list[tuple[str, object]] = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
         if creds.tls_ca or creds.tls_cert:
             channel_creds = grpc.ssl_channel_credentials(creds.tls_ca, creds.tls_key, creds.tls_cert)
             if creds.tls_server_name:
@@ -78,21 +80,30 @@ class AgentClient:
     def device_info(self) -> pb.DeviceInfo:
         request = pb.GetDeviceInfoRequest(client_protocol=pb.ProtocolVersion(major=CURRENT.major, minor=CURRENT.minor))
         response: pb.GetDeviceInfoResponse = self._stub.GetDeviceInfo(
-            request, metadata=self._metadata, timeout=self.timeout_s)
+            request, metadata=self._metadata, timeout=self.timeout_s
+        )
         return response.device
 
     def find_missing(self, digests: list[str]) -> list[str]:
-        response = self._stub.FindMissingArtifacts(pb.FindMissingArtifactsRequest(sha256=digests),
-                                                   metadata=self._metadata, timeout=self.timeout_s)
+        response = self._stub.FindMissingArtifacts(
+            pb.FindMissingArtifactsRequest(sha256=digests), metadata=self._metadata, timeout=self.timeout_s
+        )
         return list(response.missing_sha256)
 
     def upload_status(self, digest: str) -> pb.GetUploadStatusResponse:
         response: pb.GetUploadStatusResponse = self._stub.GetUploadStatus(
-            pb.GetUploadStatusRequest(sha256=digest), metadata=self._metadata, timeout=self.timeout_s)
+            pb.GetUploadStatusRequest(sha256=digest), metadata=self._metadata, timeout=self.timeout_s
+        )
         return response
 
-    def upload(self, path: Path, digest: str | None = None, *, chunk_bytes: int = CHUNK_BYTES,
-               stop_after_bytes: int | None = None) -> UploadReport:
+    def upload(
+        self,
+        path: Path,
+        digest: str | None = None,
+        *,
+        chunk_bytes: int = CHUNK_BYTES,
+        stop_after_bytes: int | None = None,
+    ) -> UploadReport:
         """Upload `path` unless the agent has it; resume a partial upload. `stop_after_bytes` (tests) breaks
         the stream after that many bytes, as a dropped connection would."""
         digest = digest or sha256_file(path)
@@ -107,7 +118,9 @@ class AgentClient:
 
         def requests() -> Iterator[pb.UploadArtifactRequest]:
             nonlocal sent
-            yield pb.UploadArtifactRequest(header=pb.ArtifactHeader(sha256=digest, size_bytes=size, offset_bytes=offset))
+            yield pb.UploadArtifactRequest(
+                header=pb.ArtifactHeader(sha256=digest, size_bytes=size, offset_bytes=offset)
+            )
             with path.open("rb") as f:
                 f.seek(offset)
                 while chunk := f.read(chunk_bytes):
@@ -124,7 +137,8 @@ class AgentClient:
     def run(self, job: pb.BenchmarkJob, timeout_s: float | None = None) -> Iterator[pb.RunBenchmarkResponse]:
         """The job's events: accepted, progress..., result. Iterating after the result ends the stream."""
         stream: Iterator[pb.RunBenchmarkResponse] = self._stub.RunBenchmark(
-            pb.RunBenchmarkRequest(job=job), metadata=self._metadata, timeout=timeout_s)
+            pb.RunBenchmarkRequest(job=job), metadata=self._metadata, timeout=timeout_s
+        )
         return stream
 
     def run_to_result(self, job: pb.BenchmarkJob, timeout_s: float | None = None) -> pb.BenchmarkResult:
@@ -135,12 +149,14 @@ class AgentClient:
 
     def cancel(self, job_id: str) -> pb.CancelBenchmarkResponse:
         response: pb.CancelBenchmarkResponse = self._stub.CancelBenchmark(
-            pb.CancelBenchmarkRequest(job_id=job_id), metadata=self._metadata, timeout=self.timeout_s)
+            pb.CancelBenchmarkRequest(job_id=job_id), metadata=self._metadata, timeout=self.timeout_s
+        )
         return response
 
     def get_result(self, job_id: str) -> pb.GetBenchmarkResultResponse:
         response: pb.GetBenchmarkResultResponse = self._stub.GetBenchmarkResult(
-            pb.GetBenchmarkResultRequest(job_id=job_id), metadata=self._metadata, timeout=self.timeout_s)
+            pb.GetBenchmarkResultRequest(job_id=job_id), metadata=self._metadata, timeout=self.timeout_s
+        )
         return response
 
 
