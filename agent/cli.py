@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import sys
 import threading
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -33,12 +32,12 @@ def _fail(message: str, code: int) -> None:
 
 @app.command()
 def serve(
-    host: Annotated[Optional[str], typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,  # noqa: UP045
-    port: Annotated[Optional[int], typer.Option(help="Port; 0 picks a free one [default: 50551].")] = None,  # noqa: UP045
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port; 0 picks a free one (default 50551).")] = None,
     workdir: Annotated[Path | None, typer.Option(help="Artifacts, results and the device id live here.")] = None,
     token_file: Annotated[Path | None, typer.Option(help="File holding the shared token clients must send.")] = None,
-    tls_cert: Annotated[Optional[Path], typer.Option(help="Server certificate (PEM) to serve TLS.")] = None,  # noqa: UP045
-    tls_key: Annotated[Optional[Path], typer.Option(help="Server private key (PEM).")] = None,  # noqa: UP045
+    tls_cert: Annotated[Path | None, typer.Option(help="Server certificate (PEM) to serve TLS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Server private key (PEM).")] = None,
     tls_client_ca: Annotated[
         Path | None, typer.Option(help="CA (PEM) that client certificates must chain to (mutual TLS).")
     ] = None,
@@ -49,7 +48,11 @@ def serve(
         bool | None, typer.Option("--insecure", help="Allow a non-loopback address without auth.")
     ] = None,
     job_memory_mb: Annotated[int | None, typer.Option(help="Default memory limit per job (0 = none).")] = None,
-    job_timeout_s: Annotated[Optional[float], typer.Option(help="Default wall-time limit per job.")] = None,  # noqa: UP045
+    job_timeout_s: Annotated[float | None, typer.Option(help="Default wall-time limit per job.")] = None,
+    max_artifact_bytes: Annotated[int | None, typer.Option(help="Largest artifact accepted (default 4 GiB).")] = None,
+    max_cache_bytes: Annotated[
+        int | None, typer.Option(help="Artifact cache cap; LRU eviction (default 20 GiB).")
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file of settings (overridden by env and flags).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -71,6 +74,8 @@ def serve(
             tls_client_ca=tls_client_ca,
             reflection=reflection,
             insecure=insecure,
+            max_artifact_bytes=max_artifact_bytes,
+            max_cache_bytes=max_cache_bytes,
             job_memory_bytes=None if job_memory_mb is None else job_memory_mb * 2**20,
             job_wall_time_s=job_timeout_s,
         )
@@ -109,7 +114,7 @@ def serve(
 
 @app.command()
 def info(
-    workdir: Annotated[Optional[Path], typer.Option(help="Work directory holding the device id.")] = None,  # noqa: UP045
+    workdir: Annotated[Path | None, typer.Option(help="Work directory holding the device id.")] = None,
     output: Annotated[OutputFormat, typer.Option("--format", help="table or json.")] = OutputFormat.table,
 ) -> None:
     """Print this device's info and which runtimes it can run."""

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.runtimes.base import Array, ModelLoadError, RuntimeUnsupported, unavailable
+from agent.runtimes.onnx_guard import check_external_data
 from agent.types import ModelFormat, RuntimeConfig, RuntimeInfo, TensorInfo
 
 NAME = "onnxruntime"
@@ -118,6 +119,7 @@ class OnnxRuntimeBackend:
                 f"graph_optimization_level {level_name!r} is not one of {', '.join(GRAPH_OPT_LEVELS)}"
             )
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPT_LEVELS[level_name])
+        check_external_data(model_path)
         try:
             session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types (InvalidProtobuf, Fail, NoSuchFile...)

@@ -267,3 +267,47 @@ def test_results_survive_agent_restart(
         fetched = client.get_result(job.job_id)
         assert fetched.state == pb.JOB_STATE_FINISHED and fetched.result == result
         assert client.find_missing([sha]) == []
+
+
+def test_external_data_via_companions_and_traversal(agent: LocalAgent, tmp_path: Path) -> None:
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.arange(16, dtype=np.float32).reshape(4, 4)
+    (tmp_path / "weights.bin").write_bytes(weights.tobytes())
+
+    def model(location: str) -> Path:
+        t = numpy_helper.from_array(weights, "w")
+        t.ClearField("raw_data")
+        t.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", "0"), ("length", str(weights.nbytes))):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, value
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["input", "w"], ["logits"])],
+            "g",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])],
+            [t],
+        )
+        path = tmp_path / f"m{abs(hash(location))}.onnx"
+        path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+        return path
+
+    with agent.client() as client:
+        weights_sha = client.upload(tmp_path / "weights.bin").sha256
+        good = client.upload(model("weights.bin")).sha256
+        evil = client.upload(model("../../../../etc/passwd")).sha256
+    job = make_job(good)
+    job.model.companions.add(name="weights.bin", sha256=weights_sha)
+    result = run(agent, job)
+    assert result.status == pb.BENCHMARK_STATUS_SUCCEEDED, result.message
+    result = run(agent, make_job(evil))
+    assert result.status == pb.BENCHMARK_STATUS_FAILED
+    assert "outside the model's own folder; refused before any runtime opened it" in result.message
+    bad_name = make_job(good)
+    bad_name.model.companions.add(name="../weights.bin", sha256=weights_sha)
+    with pytest.raises(grpc.RpcError) as err:
+        run(agent, bad_name)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "must be a plain file name" in (err.value.details() or "")
