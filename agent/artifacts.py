@@ -53,7 +53,7 @@ class DigestMismatch(ArtifactError):
 
 
 def check_digest(sha256: str) -> str:
-    if not SHA256_RE.match(sha256):
+    if not SHA256_RE.fullmatch(sha256):
         raise InvalidDigest(f"{sha256[:80]!r} is not a sha256 digest (64 lowercase hex characters)")
     return sha256
 

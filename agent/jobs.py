@@ -75,6 +75,7 @@ class JobManager:
         self._queue: deque[str] = deque()
         self._running: str | None = None
         self._stopping = False
+        self._trim_disk()
         self._worker = threading.Thread(target=self._work, name="edgebench-jobs", daemon=True)
         self._worker.start()
 
@@ -108,13 +109,15 @@ class JobManager:
             self._queue.append(job.job_id)
             pos = self._position(job.job_id)
             q.put(JobEvent(job.job_id, accepted_queue_position=pos))
-            q.put(
+            # Published (not just queued) so a client that re-attaches later gets the queued state too.
+            self._publish(
+                rec,
                 JobEvent(
                     job.job_id,
                     phase=JobPhase.QUEUED,
                     queue_position=pos,
                     message=f"{pos} job(s) ahead on this device" if pos else "",
-                )
+                ),
             )
             self._lock.notify_all()
         return Subscription(self, job.job_id, q)
@@ -277,9 +280,15 @@ class JobManager:
         return rec
 
     def _trim(self) -> None:
+        """Keep the newest `max_kept` finished records; a dropped record's file goes with it (not by mtime,
+        which a clock step on a device without a real-time clock could reorder)."""
         finished = [k for k, r in self._records.items() if r.state == JobState.FINISHED]
         for job_id in finished[: max(0, len(finished) - self._max_kept)]:
             del self._records[job_id]
+            self._result_path(job_id).unlink(missing_ok=True)
+
+    def _trim_disk(self) -> None:
+        """At start-up only: files left by earlier runs, beyond the bound, oldest first."""
         files = sorted(self._dir.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
         for path in files[: max(0, len(files) - self._max_kept)]:
             path.unlink(missing_ok=True)

@@ -58,9 +58,14 @@ def from_jsonable(tp: Any, data: Any) -> Any:
         unknown = set(data) - set(hints)
         if unknown:
             raise ValueError(f"unknown fields for {tp.__name__}: {sorted(unknown)}")
-        return tp(**{k: from_jsonable(hints[k], v) for k, v in data.items()})
-    if tp is float and isinstance(data, (int, float)) and not isinstance(data, bool):
-        return float(data)
+        try:
+            return tp(**{k: from_jsonable(hints[k], v) for k, v in data.items()})
+        except TypeError as exc:  # a required field is missing
+            raise ValueError(f"{tp.__name__}: {exc}") from None
+    if tp is float:
+        if isinstance(data, (int, float)) and not isinstance(data, bool):
+            return float(data)
+        raise ValueError(f"expected float, got {type(data).__name__}")
     if tp in (int, str, bool):
         if type(data) is not tp:
             raise ValueError(f"expected {tp.__name__}, got {type(data).__name__}")

@@ -22,14 +22,14 @@ MAX_GENERATED_BATCHES = 256
 
 def validate_job(job: BenchmarkJob) -> list[str]:
     problems: list[str] = []
-    if not JOB_ID_RE.match(job.job_id):
+    if not JOB_ID_RE.fullmatch(job.job_id):
         problems.append("job_id must be 1-200 characters of letters, digits and ._:@/-")
-    if not SHA256_RE.match(job.model.sha256):
+    if not SHA256_RE.fullmatch(job.model.sha256):
         problems.append("model.sha256 must be a sha256 digest (64 lowercase hex characters)")
     for c in job.model.companions:
-        if not COMPANION_RE.match(c.name) or ".." in c.name:
+        if not COMPANION_RE.fullmatch(c.name) or ".." in c.name:
             problems.append(f"companion file name {c.name[:60]!r} must be a plain file name (no directories, no '..')")
-        if not SHA256_RE.match(c.sha256):
+        if not SHA256_RE.fullmatch(c.sha256):
             problems.append(f"companion {c.name[:60]!r} sha256 is not a sha256 digest")
     if job.runtime.name not in REGISTRY:
         problems.append(f"unknown runtime {job.runtime.name!r}; valid runtimes: {', '.join(sorted(REGISTRY))}")
@@ -39,7 +39,7 @@ def validate_job(job: BenchmarkJob) -> list[str]:
     if not 1 <= spec.batch_size <= MAX_BATCH:
         problems.append(f"inputs.batch_size must be 1..{MAX_BATCH}, got {spec.batch_size}")
     if spec.dataset_sha256:
-        if not SHA256_RE.match(spec.dataset_sha256):
+        if not SHA256_RE.fullmatch(spec.dataset_sha256):
             problems.append("inputs.dataset_sha256 must be a sha256 digest")
     elif not 1 <= spec.num_batches <= MAX_GENERATED_BATCHES:
         problems.append(f"inputs.generated.num_batches must be 1..{MAX_GENERATED_BATCHES}, got {spec.num_batches}")
