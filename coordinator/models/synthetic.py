@@ -227,9 +227,7 @@ def build_cnn(
             if i % 2 == 1:
                 pooled = f"pool{i}"
                 nodes.append(
-                    helper.make_node(
-                        "MaxPool", [x], [pooled], name=pooled, kernel_shape=[2, 2], strides=[2, 2]
-                    )
+                    helper.make_node("MaxPool", [x], [pooled], name=pooled, kernel_shape=[2, 2], strides=[2, 2])
                 )
                 x, hw = pooled, hw // 2
             else:
@@ -258,9 +256,7 @@ def build_cnn(
     fc_w *= np.float32(1.0 / np.sqrt(c_in))
     inits["fc.weight"] = fc_w
     inits["fc.bias"] = _small_bias(rng, num_classes)
-    nodes.append(
-        helper.make_node("Gemm", ["features", "fc.weight", "fc.bias"], ["logits"], name="fc", transB=1)
-    )
+    nodes.append(helper.make_node("Gemm", ["features", "fc.weight", "fc.bias"], ["logits"], name="fc", transB=1))
 
     return _save(
         path,
@@ -270,9 +266,7 @@ def build_cnn(
             f"in_channels={in_channels} num_classes={num_classes} batch={batch} seed={seed}"
         ),
         nodes=nodes,
-        inputs=[
-            helper.make_tensor_value_info("input", TensorProto.FLOAT, [n, in_channels, input_hw, input_hw])
-        ],
+        inputs=[helper.make_tensor_value_info("input", TensorProto.FLOAT, [n, in_channels, input_hw, input_hw])],
         outputs=[helper.make_tensor_value_info("logits", TensorProto.FLOAT, [n, num_classes])],
         initializers=inits,
         opset=opset,
@@ -470,9 +464,7 @@ def make_dataset(
     return path
 
 
-def _run_cpu(
-    model_path: Path, input_name: str, inputs: npt.NDArray[np.float32], chunk: int
-) -> npt.NDArray[np.float32]:
+def _run_cpu(model_path: Path, input_name: str, inputs: npt.NDArray[np.float32], chunk: int) -> npt.NDArray[np.float32]:
     """Run the model's single output over `inputs` in chunks of `chunk` rows with onnxruntime on CPU."""
     import onnxruntime as ort
 

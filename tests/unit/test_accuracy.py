@@ -125,9 +125,7 @@ def test_fidelity_rejects_scalars_and_empty() -> None:
         fidelity(np.zeros((0, 3)), np.zeros((0, 3)))
 
 
-@given(
-    st.integers(min_value=1, max_value=20), st.integers(min_value=1, max_value=8), st.integers(0, 2**32 - 1)
-)
+@given(st.integers(min_value=1, max_value=20), st.integers(min_value=1, max_value=8), st.integers(0, 2**32 - 1))
 def test_fidelity_bounds(n: int, c: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     out, ref = rng.normal(size=(n, c)), rng.normal(size=(n, c))

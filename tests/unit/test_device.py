@@ -17,9 +17,7 @@ from agent.device import collect_device_info, load_or_create_device_id
 from agent.types import DeviceInfo, GpuInfo, RuntimeInfo
 from protos.version import CURRENT
 
-ARM_FEATURES = (
-    "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"
-)
+ARM_FEATURES = "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"
 X86_FLAGS = (
     "fpu vme de pse tsc msr sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 avx512f avx512dq avx512cd "
     "avx512bw avx512vl avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8 vmx"
@@ -76,9 +74,7 @@ cpu MHz		: 2000.000
 flags		: {X86_FLAGS}
 """
 
-TEGRA_RELEASE = (
-    "# R36 (release), REVISION: 3.0, GCID: 36923193, BOARD: generic, EABI: aarch64, DATE: Fri Jul 19\n"
-)
+TEGRA_RELEASE = "# R36 (release), REVISION: 3.0, GCID: 36923193, BOARD: generic, EABI: aarch64, DATE: Fri Jul 19\n"
 
 NVIDIA_SMI_ARGV_HEAD = "nvidia-smi"
 
@@ -343,9 +339,7 @@ def test_empty_root_leaves_fields_empty(tmp_path: Path, monkeypatch: pytest.Monk
     assert info.cpu_frequency_max_hz == info.cpu_frequency_current_hz == 0
 
 
-def test_cpufreq_sysfs_fallback_in_khz(
-    tmp_path: Path, pi_root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cpufreq_sysfs_fallback_in_khz(tmp_path: Path, pi_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(psutil, "cpu_freq", lambda: None)
     write(pi_root, "/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq", "2400000\n")
     write(pi_root, "/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq", "1500000\n")

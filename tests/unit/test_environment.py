@@ -108,9 +108,7 @@ def test_real_machine_sample_is_sane() -> None:
 
 
 def env(freq_ghz: float = 2.0, temp_c: float = 50.0) -> EnvironmentSample:
-    return EnvironmentSample(
-        cpu_frequency_hz=int(freq_ghz * 1e9), temperature_millicelsius=int(temp_c * 1000), at_ns=1
-    )
+    return EnvironmentSample(cpu_frequency_hz=int(freq_ghz * 1e9), temperature_millicelsius=int(temp_c * 1000), at_ns=1)
 
 
 def test_steady_run_is_not_suspect() -> None:

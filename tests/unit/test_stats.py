@@ -40,9 +40,7 @@ def reference_rank(n: int, confidence: float) -> int:
 # ------------------------------------------------------------------ percentiles
 
 
-@pytest.mark.parametrize(
-    ("q", "expected"), [(0, 1), (10, 1), (11, 2), (50, 5), (51, 6), (90, 9), (95, 10), (100, 10)]
-)
+@pytest.mark.parametrize(("q", "expected"), [(0, 1), (10, 1), (11, 2), (50, 5), (51, 6), (90, 9), (95, 10), (100, 10)])
 def test_nearest_rank_one_to_ten(q: float, expected: float) -> None:
     assert percentile_nearest_rank(list(range(1, 11)), q) == expected
 

@@ -147,9 +147,7 @@ def test_input_spec_skips_initializers_listed_as_inputs(tmp_path: Path) -> None:
     path = build_mlp(tmp_path / "mlp.onnx", features=4)
     model = onnx.load(str(path))
     for init in model.graph.initializer:  # old-style (IR < 4) models list weights as inputs too
-        model.graph.input.append(
-            onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
-        )
+        model.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
     onnx.save(model, str(tmp_path / "old.onnx"))
     assert input_spec(tmp_path / "old.onnx") == [("input", ("batch", 4), "float32")]
 
