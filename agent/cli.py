@@ -5,6 +5,7 @@ Exit codes: 0 ok; 2 bad settings or usage (message, no traceback); 3 could not b
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import signal
@@ -96,6 +97,8 @@ def serve(
         running = build(settings)
     except (OSError, RuntimeError) as exc:
         _fail(str(exc), EXIT_BIND)
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see what a stuck agent is doing.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -107,7 +110,10 @@ def serve(
         f"workdir: {settings.workdir})",
         flush=True,
     )
-    stop.wait()
+    # Wait in slices: a signal the kernel delivers to one of gRPC's threads only runs its Python handler
+    # when the main thread next executes bytecode, which an unbounded wait would never do.
+    while not stop.wait(0.2):
+        pass
     typer.echo("edgebench-agent: shutting down (cancelling running jobs)", err=True)
     running.stop()
 
