@@ -9,8 +9,10 @@ blobs that no queued or running job holds are evicted to make room.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import queue
 import re
 import shutil
 import threading
@@ -22,6 +24,8 @@ from pathlib import Path
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 #: Disk space left free beyond what an upload needs, so the agent never fills the disk it logs to.
 DISK_HEADROOM_BYTES = 64 * 1024 * 1024
+#: Bytes between background syncs of an upload in progress.
+SYNC_EVERY_BYTES = 32 * 1024 * 1024
 
 
 class ArtifactError(Exception):
@@ -77,18 +81,42 @@ class Upload:
         else:
             self._file = self._path.open("wb")
         self.offset = offset
+        # Hashing runs on its own thread, overlapping the file writes (hashlib releases the GIL on large
+        # buffers); the bounded queue keeps at most a few chunks in memory.
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self._hash_thread = threading.Thread(target=self._hash_loop, name="edgebench-hash", daemon=True)
+        self._hash_thread.start()
+
+    def _hash_loop(self) -> None:
+        unsynced = 0
+        while (chunk := self._chunks.get()) is not None:
+            self._hasher.update(chunk)
+            unsynced += len(chunk)
+            if unsynced >= SYNC_EVERY_BYTES:
+                # Start write-back while more data arrives, so the fsync at commit has little left to do.
+                # A failing sync (e.g. a filesystem without it) must not stop the hashing this thread owes.
+                with contextlib.suppress(OSError):
+                    os.fdatasync(self._file.fileno())
+                unsynced = 0
+
+    def _finish_hashing(self) -> None:
+        """Wait for the hashing thread; must run while the file is still open (it syncs the descriptor)."""
+        if self._hash_thread.is_alive():
+            self._chunks.put(None)
+            self._hash_thread.join()
 
     def write(self, chunk: bytes) -> None:
         if self.offset + self.received + len(chunk) > self.size:
             raise UploadConflict(f"upload of {self.sha256[:12]} sent more than its declared size of {self.size} bytes")
         self._file.write(chunk)
-        self._hasher.update(chunk)
+        self._chunks.put(chunk)
         self.received += len(chunk)
 
     def close(self) -> None:
         """End without committing: what was written stays as a resumable part file."""
         if not self._file.closed:
             self._file.flush()
+            self._finish_hashing()
             self._file.close()
         self._store._release_upload(self.sha256)
 
@@ -96,6 +124,7 @@ class Upload:
         """Verify size and digest, make room under the cap, then atomically publish the blob."""
         try:
             self._file.flush()
+            self._finish_hashing()  # before close: the hashing thread syncs this file descriptor
             os.fsync(self._file.fileno())
             self._file.close()
             total = self.offset + self.received

@@ -68,6 +68,7 @@ def run(job: BenchmarkJob, model_path: Path, dataset_path: Path | None, emit: Em
 
     out.phase = JobPhase.LOADING
     emit(JobPhase.LOADING, 0, f"loading with {job.runtime.name} {info.version}")
+    backend.prepare(model_path, job.runtime)
     rss_before = current_rss_bytes()
     t0 = time.perf_counter_ns()
     session = backend.load(model_path, job.runtime)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from agent.types import MeasurementPlan, StopReason
-from protos.stats import relative_ci_halfwidth
 
 
 class StopRule:
@@ -35,6 +34,8 @@ class StopRule:
         if n < self._next_check:
             return None
         self._next_check = n + max(10, n // 10)
+        from protos.stats import relative_ci_halfwidth  # only adaptive runs pay for the import
+
         self.last_relative_ci = relative_ci_halfwidth(sorted(samples))
         if self.last_relative_ci <= plan.target_relative_ci:
             return StopReason.CI_CONVERGED

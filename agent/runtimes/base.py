@@ -57,6 +57,11 @@ class Backend(Protocol):
         """Whether this runtime can be used here, its version and providers, or why not. Never raises."""
         ...
 
+    def prepare(self, model_path: Path, config: RuntimeConfig) -> None:
+        """Safety checks that must pass before load and must not count as load time (the harness calls this
+        first; e.g. ONNX external-data locations). Raise ModelLoadError or RuntimeUnsupported."""
+        ...
+
     def load(self, model_path: Path, config: RuntimeConfig) -> Session:
         """Load the model; raise RuntimeUnsupported or ModelLoadError with a message a user can act on."""
         ...

@@ -93,6 +93,9 @@ class NullBackend:
     def probe(self) -> RuntimeInfo:
         return RuntimeInfo(name=NAME, available=True, version="1", execution_providers=("null",), model_formats=FORMATS)
 
+    def prepare(self, model_path: Path, config: RuntimeConfig) -> None:
+        pass
+
     def load(self, model_path: Path, config: RuntimeConfig) -> NullSession:
         crash = config.option("crash")
         if crash == "load":

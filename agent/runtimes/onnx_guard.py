@@ -8,54 +8,61 @@ field numbers as onnx.proto; protobuf skips every other field), so the agent nee
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
 from agent.runtimes.base import ModelLoadError
 
-_F = descriptor_pb2.FieldDescriptorProto
+# FieldDescriptorProto type and label numbers (descriptor.proto), so the schema table below needs no import.
+_TYPE_INT32, _TYPE_STRING, _TYPE_MESSAGE = 5, 9, 11
+_OPTIONAL, _REPEATED = 1, 3
 # (message, [(field name, number, type, label, message type)]) - field numbers from onnx/onnx.proto.
 _SCHEMA = [
-    ("StringStringEntryProto", [("key", 1, _F.TYPE_STRING, 1, ""), ("value", 2, _F.TYPE_STRING, 1, "")]),
+    ("StringStringEntryProto", [("key", 1, _TYPE_STRING, _OPTIONAL, ""), ("value", 2, _TYPE_STRING, _OPTIONAL, "")]),
     (
         "TensorProto",
         [
-            ("name", 8, _F.TYPE_STRING, 1, ""),
-            ("external_data", 13, _F.TYPE_MESSAGE, 3, "StringStringEntryProto"),
-            ("data_location", 14, _F.TYPE_INT32, 1, ""),
+            ("name", 8, _TYPE_STRING, _OPTIONAL, ""),
+            ("external_data", 13, _TYPE_MESSAGE, _REPEATED, "StringStringEntryProto"),
+            ("data_location", 14, _TYPE_INT32, _OPTIONAL, ""),
         ],
     ),
     (
         "SparseTensorProto",
-        [("values", 1, _F.TYPE_MESSAGE, 1, "TensorProto"), ("indices", 2, _F.TYPE_MESSAGE, 1, "TensorProto")],
+        [
+            ("values", 1, _TYPE_MESSAGE, _OPTIONAL, "TensorProto"),
+            ("indices", 2, _TYPE_MESSAGE, _OPTIONAL, "TensorProto"),
+        ],
     ),
     (
         "AttributeProto",
         [
-            ("t", 5, _F.TYPE_MESSAGE, 1, "TensorProto"),
-            ("g", 6, _F.TYPE_MESSAGE, 1, "GraphProto"),
-            ("tensors", 10, _F.TYPE_MESSAGE, 3, "TensorProto"),
-            ("graphs", 11, _F.TYPE_MESSAGE, 3, "GraphProto"),
-            ("sparse_tensor", 22, _F.TYPE_MESSAGE, 1, "SparseTensorProto"),
-            ("sparse_tensors", 23, _F.TYPE_MESSAGE, 3, "SparseTensorProto"),
+            ("t", 5, _TYPE_MESSAGE, _OPTIONAL, "TensorProto"),
+            ("g", 6, _TYPE_MESSAGE, _OPTIONAL, "GraphProto"),
+            ("tensors", 10, _TYPE_MESSAGE, _REPEATED, "TensorProto"),
+            ("graphs", 11, _TYPE_MESSAGE, _REPEATED, "GraphProto"),
+            ("sparse_tensor", 22, _TYPE_MESSAGE, _OPTIONAL, "SparseTensorProto"),
+            ("sparse_tensors", 23, _TYPE_MESSAGE, _REPEATED, "SparseTensorProto"),
         ],
     ),
-    ("NodeProto", [("attribute", 5, _F.TYPE_MESSAGE, 3, "AttributeProto")]),
+    ("NodeProto", [("attribute", 5, _TYPE_MESSAGE, _REPEATED, "AttributeProto")]),
     (
         "GraphProto",
         [
-            ("node", 1, _F.TYPE_MESSAGE, 3, "NodeProto"),
-            ("initializer", 5, _F.TYPE_MESSAGE, 3, "TensorProto"),
-            ("sparse_initializer", 15, _F.TYPE_MESSAGE, 3, "SparseTensorProto"),
+            ("node", 1, _TYPE_MESSAGE, _REPEATED, "NodeProto"),
+            ("initializer", 5, _TYPE_MESSAGE, _REPEATED, "TensorProto"),
+            ("sparse_initializer", 15, _TYPE_MESSAGE, _REPEATED, "SparseTensorProto"),
         ],
     ),
-    ("FunctionProto", [("node", 7, _F.TYPE_MESSAGE, 3, "NodeProto")]),
+    ("FunctionProto", [("node", 7, _TYPE_MESSAGE, _REPEATED, "NodeProto")]),
     (
         "ModelProto",
-        [("graph", 7, _F.TYPE_MESSAGE, 1, "GraphProto"), ("functions", 25, _F.TYPE_MESSAGE, 3, "FunctionProto")],
+        [
+            ("graph", 7, _TYPE_MESSAGE, _OPTIONAL, "GraphProto"),
+            ("functions", 25, _TYPE_MESSAGE, _REPEATED, "FunctionProto"),
+        ],
     ),
 ]
 _PACKAGE = "edgebench_onnx_subset"
@@ -63,6 +70,8 @@ _EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 
 
 def _model_class() -> Any:
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
     file = descriptor_pb2.FileDescriptorProto(name=f"{_PACKAGE}.proto", package=_PACKAGE, syntax="proto2")
     for message, fields in _SCHEMA:
         msg = file.message_type.add(name=message)
@@ -107,6 +116,15 @@ def external_locations(model_bytes: bytes) -> list[tuple[str, str]]:
 
 def check_external_data(model_path: Path) -> None:
     """Raise ModelLoadError if any external-data location could read outside the model's folder."""
+    # Every external reference carries the key "location"; a file without those bytes has none, and
+    # scanning a memory map for them costs far less than parsing (which would hold a copy of the weights).
+    with model_path.open("rb") as f:
+        try:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                if mm.find(b"location") < 0:
+                    return
+        except ValueError:  # empty file
+            return
     try:
         locations = external_locations(model_path.read_bytes())
     except Exception as exc:  # DecodeError and friends: let the runtime give its own, more precise error

@@ -94,6 +94,9 @@ class OnnxRuntimeBackend:
             model_formats=FORMATS,
         )
 
+    def prepare(self, model_path: Path, config: RuntimeConfig) -> None:
+        check_external_data(model_path)
+
     def load(self, model_path: Path, config: RuntimeConfig) -> OrtSession:
         try:
             import onnxruntime as ort
@@ -119,7 +122,6 @@ class OnnxRuntimeBackend:
                 f"graph_optimization_level {level_name!r} is not one of {', '.join(GRAPH_OPT_LEVELS)}"
             )
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPT_LEVELS[level_name])
-        check_external_data(model_path)
         try:
             session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types (InvalidProtobuf, Fail, NoSuchFile...)

@@ -36,6 +36,9 @@ class PlannedBackend:
         version, reason = self._reason()
         return unavailable(self.name, self.formats, reason, version)
 
+    def prepare(self, model_path: Path, config: RuntimeConfig) -> None:
+        pass
+
     def load(self, model_path: Path, config: RuntimeConfig) -> Session:
         raise RuntimeUnsupported(f"runtime {self.name!r} is unavailable on this device: {self._reason()[1]}")
 
