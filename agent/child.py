@@ -37,8 +37,13 @@ class EventWriter:
         self._stream = stream
 
     def send(self, event: dict[str, Any]) -> None:
-        self._stream.write(json.dumps(event, separators=(",", ":")) + "\n")
-        self._stream.flush()
+        try:
+            self._stream.write(json.dumps(event, separators=(",", ":")) + "\n")
+            self._stream.flush()
+        except BrokenPipeError:
+            # The agent that started this job is gone (killed): nobody will read the result, and a job
+            # left running would disturb the next measurement on this device.
+            os._exit(3)
 
     def progress(self, phase: JobPhase, iterations: int, message: str) -> None:
         self.send({"kind": "progress", "phase": phase.value, "iterations": iterations, "message": message})

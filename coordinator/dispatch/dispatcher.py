@@ -1,0 +1,281 @@
+"""Runs a stored run's unfinished jobs on the fleet: devices in parallel, one job at a time per device.
+
+For each device: probe, re-check which cells it can run, upload only the artifacts it lacks, then run its
+jobs in order, storing each result the moment it arrives (committed before the next job starts). A
+broken stream is not a lost job: the dispatcher re-attaches by job id (the agent never runs an id twice
+and keeps finished results) until `reconnect_s` has passed; then the job and the device's remaining
+jobs are UNREACHABLE, which `run --resume` redoes. Results are validated before they are stored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from coordinator.dispatch.client import AgentClient
+from coordinator.dispatch.plan import cell_verdict
+from coordinator.dispatch.plan import job_id as make_job_id
+from coordinator.dispatch.wire import ResultRejected, build_job, job_state_name, phase_name, result_from_pb
+from coordinator.fleet import DeviceConfigError, connect, describe_rpc_error, probe
+from coordinator.store.sqlite import Store
+from coordinator.types import Device, DeviceProbe, JobRecord, JobStatus, ResultData, RunData, Variant
+from protos.edgebench.agent.v1 import agent_pb2 as pb
+
+#: Errors that mean "the agent refused this job" (the job fails; the device is fine).
+REFUSALS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.DATA_LOSS,
+    grpc.StatusCode.UNIMPLEMENTED,
+}
+
+
+@dataclass(frozen=True)
+class DispatchEvent:
+    """What the live display and the logs see. `kind`: device | progress | result."""
+
+    device: str
+    kind: str
+    job_id: str = ""
+    variant: str = ""
+    runtime: str = ""
+    phase: str = ""
+    iterations: int = 0
+    queue_position: int = 0
+    message: str = ""
+    status: JobStatus | None = None
+    dispatched_at_ns: int = 0
+    stored_at_ns: int = 0
+    agent_started_at_ns: int = 0
+    agent_finished_at_ns: int = 0
+
+
+OnEvent = Callable[[DispatchEvent], None]
+
+
+class DeviceUnreachable(Exception):
+    pass
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        on_event: OnEvent | None = None,
+        reconnect_s: float = 15.0,
+        connect_fn: Callable[[Device], AgentClient] = connect,
+        probe_fn: Callable[[Device], DeviceProbe] = probe,
+    ) -> None:
+        self._store = store
+        self._emit = on_event or (lambda _e: None)
+        self._reconnect_s = reconnect_s
+        self._connect = connect_fn
+        self._probe = probe_fn
+
+    def execute(self, run_id: str, devices: dict[str, Device]) -> RunData:
+        """Run every job of `run_id` without a final status; return the run as stored afterwards."""
+        run = self._store.load_run(run_id)
+        by_device: dict[str, list[JobRecord]] = {}
+        for job in run.jobs:
+            if not job.status.final:
+                by_device.setdefault(job.device, []).append(job)
+        variants = {v.name: v for v in run.variants}
+        with ThreadPoolExecutor(max_workers=max(1, min(128, len(by_device)))) as pool:
+            futures = [
+                pool.submit(self._device, run, devices.get(name), name, jobs, variants)
+                for name, jobs in by_device.items()
+            ]
+            for f in futures:
+                f.result()
+        final = self._store.load_run(run_id)
+        if all(j.status.final for j in final.jobs):
+            self._store.finish_run(run_id)
+        return final
+
+    # ------------------------------------------------------------------ one device
+
+    def _fail_all(self, jobs: list[JobRecord], status: JobStatus, message: str) -> None:
+        for job in jobs:
+            self._store.set_job_status(job.job_id, status, message)
+            self._emit(
+                DispatchEvent(
+                    job.device, "result", job.job_id, job.variant, job.runtime, status=status, message=message
+                )
+            )
+
+    def _device(
+        self, run: RunData, device: Device | None, name: str, jobs: list[JobRecord], variants: dict[str, Variant]
+    ) -> None:
+        if device is None:
+            self._fail_all(
+                jobs,
+                JobStatus.UNREACHABLE,
+                f"device {name} is no longer registered (`edgebench fleet add` it again, then --resume)",
+            )
+            return
+        found = self._probe(device)
+        self._store.record_probe(run.spec.run_id, found)
+        self._emit(DispatchEvent(name, "device", message="online" if found.online else found.error))
+        runnable = []
+        for job in jobs:
+            status, message = cell_verdict(found, variants[job.variant], job.runtime)
+            if status is JobStatus.PENDING:
+                runnable.append(job)
+            else:
+                self._fail_all([job], status, message)
+        if not runnable:
+            return
+        try:
+            client = self._connect(device)
+        except DeviceConfigError as exc:
+            self._fail_all(runnable, JobStatus.UNREACHABLE, str(exc))
+            return
+        with client:
+            try:
+                self._upload(client, name, runnable, variants, run.spec.dataset_path, run.spec.dataset_sha256)
+            except grpc.RpcError as exc:
+                status = JobStatus.FAILED if exc.code() in REFUSALS else JobStatus.UNREACHABLE
+                self._fail_all(runnable, status, f"upload to {name} failed: {describe_rpc_error(exc)}")
+                return
+            for i, job in enumerate(runnable):
+                try:
+                    self._job(client, run, job, variants[job.variant])
+                except DeviceUnreachable as exc:
+                    self._fail_all([job], JobStatus.UNREACHABLE, str(exc))
+                    self._fail_all(
+                        runnable[i + 1 :],
+                        JobStatus.UNREACHABLE,
+                        f"not run: device {name} became unreachable during an earlier job",
+                    )
+                    return
+
+    def _upload(
+        self,
+        client: AgentClient,
+        name: str,
+        jobs: list[JobRecord],
+        variants: dict[str, Variant],
+        dataset_path: str,
+        dataset_sha256: str,
+    ) -> None:
+        needed = {variants[j.variant].sha256: variants[j.variant].path for j in jobs}
+        if dataset_sha256:
+            needed[dataset_sha256] = dataset_path
+        missing = client.find_missing(list(needed))
+        for sha in missing:
+            self._emit(DispatchEvent(name, "device", message=f"uploading {Path(needed[sha]).name}"))
+            client.upload(Path(needed[sha]), sha)
+
+    # ------------------------------------------------------------------ one job
+
+    def _store_result(self, job: JobRecord, job_id: str, msg: pb.BenchmarkResult, dispatched: int) -> None:
+        try:
+            result = result_from_pb(msg, job_id)
+        except ResultRejected as exc:
+            result = ResultData(status=JobStatus.REJECTED, message=f"result rejected: {exc}")
+        self._store.save_result(job_id, result)
+        self._emit(
+            DispatchEvent(
+                job.device,
+                "result",
+                job_id,
+                job.variant,
+                job.runtime,
+                status=result.status,
+                message=result.message,
+                dispatched_at_ns=dispatched,
+                stored_at_ns=time.time_ns(),
+                agent_started_at_ns=result.started_at_ns,
+                agent_finished_at_ns=result.finished_at_ns,
+            )
+        )
+
+    def _job(self, client: AgentClient, run: RunData, job: JobRecord, variant: Variant) -> None:
+        job_id = job.job_id
+        if job.status is not JobStatus.PENDING or job.attempt > 1:
+            job_id = self._recover(client, job)
+            if not job_id:
+                return
+        self._store.set_job_status(job_id, JobStatus.RUNNING)
+        request = build_job(job_id, variant, job.runtime, run.spec.settings, run.spec.dataset_sha256)
+        dispatched = time.time_ns()
+        deadline = 0.0
+        while True:
+            try:
+                for event in client.run(request):
+                    kind = event.WhichOneof("event")
+                    if kind == "result":
+                        self._store_result(job, job_id, event.result, dispatched)
+                        return
+                    if kind == "progress":
+                        self._emit(
+                            DispatchEvent(
+                                job.device,
+                                "progress",
+                                job_id,
+                                job.variant,
+                                job.runtime,
+                                phase=phase_name(event.progress),
+                                iterations=event.progress.iterations_done,
+                                queue_position=event.progress.queue_position,
+                                message=event.progress.message[:200],
+                            )
+                        )
+                error = "the agent ended the stream without a result"
+            except grpc.RpcError as exc:
+                if exc.code() in REFUSALS:
+                    refused = ResultData(
+                        status=JobStatus.FAILED, message=f"agent refused the job: {describe_rpc_error(exc)}"
+                    )
+                    self._store.save_result(job_id, refused)
+                    self._emit(
+                        DispatchEvent(
+                            job.device,
+                            "result",
+                            job_id,
+                            job.variant,
+                            job.runtime,
+                            status=JobStatus.FAILED,
+                            message=refused.message,
+                        )
+                    )
+                    return
+                error = describe_rpc_error(exc)
+            # The stream broke: the job may still be running or finished on the agent. Re-attach by id.
+            deadline = deadline or time.monotonic() + self._reconnect_s
+            if time.monotonic() > deadline:
+                raise DeviceUnreachable(f"agent became unreachable during the job ({error}); --resume redoes it")
+            self._emit(
+                DispatchEvent(
+                    job.device, "progress", job_id, job.variant, job.runtime, phase="reconnecting", message=error[:200]
+                )
+            )
+            time.sleep(min(2.0, self._reconnect_s / 5))
+
+    def _recover(self, client: AgentClient, job: JobRecord) -> str:
+        """Before re-sending a job that may have run: fetch its result if the agent has it (no rerun), or pick
+        a fresh attempt id if the agent's copy was cancelled. Returns the id to send, or "" if stored."""
+        try:
+            known = client.get_result(job.job_id)
+        except grpc.RpcError:
+            return job.job_id  # sending it will tell whether the device is reachable
+        state = job_state_name(known.state)
+        if state == "finished" and known.result.status != pb.BENCHMARK_STATUS_CANCELLED:
+            self._store_result(job, job.job_id, known.result, time.time_ns())
+            return ""
+        if state == "finished" or job.status is JobStatus.CANCELLED:
+            attempt = job.attempt + 1
+            new_id = make_job_id(job.run_id, job.device, job.variant, job.runtime, attempt)
+            self._store.new_attempt(job.job_id, new_id, attempt)
+            return new_id
+        return job.job_id

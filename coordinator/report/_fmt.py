@@ -1,0 +1,152 @@
+"""Number formatting and escaping shared by the renderers (so every format shows the same figures)."""
+
+from __future__ import annotations
+
+import html
+import re
+
+from coordinator.report.schema import Cell, Report
+
+DASH = "—"
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def ms(ns: float | None) -> str:
+    """Nanoseconds as milliseconds with precision that suits the size (3 significant digits or more)."""
+    if ns is None:
+        return DASH
+    v = ns / 1e6
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    if abs(v) >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def ms_unit(ns: float | None) -> str:
+    return DASH if ns is None else f"{ms(ns)} ms"
+
+
+def mib(n: int | None) -> str:
+    return DASH if n is None else f"{n / 2**20:.1f}"
+
+
+def pct(x: float | None, digits: int = 1) -> str:
+    return DASH if x is None else f"{x * 100:.{digits}f}%"
+
+
+def pp(x: float | None) -> str:
+    """A difference of fractions as percentage points."""
+    return DASH if x is None else f"{x * 100:+.1f} pp".replace("+0.0 pp", "0.0 pp").replace("-0.0 pp", "0.0 pp")
+
+
+def ratio(x: float | None) -> str:
+    return DASH if x is None else f"{x:.2f}×"
+
+
+def num(x: float | None, fmt: str = ".3g") -> str:
+    return DASH if x is None else format(x, fmt)
+
+
+def speedup_text(c: Cell) -> str:
+    s = c.comparison
+    if s.speedup is None:
+        return DASH
+    if s.speedup_ci_low is None or s.speedup_ci_high is None or s.is_baseline:
+        return ratio(s.speedup)
+    return f"{s.speedup:.2f}× [{s.speedup_ci_low:.2f}, {s.speedup_ci_high:.2f}]"
+
+
+def median_text(c: Cell) -> str:
+    lat = c.latency
+    if lat.median_ns is None:
+        return DASH
+    return f"{ms(lat.median_ns)} [{ms(lat.median_ci_low_ns)}, {ms(lat.median_ci_high_ns)}]"
+
+
+def accuracy_text(c: Cell) -> str:
+    a = c.accuracy
+    if a.top1 is not None:
+        return pct(a.top1) + (f" / {pct(a.top5)}" if a.top5 is not None else "")
+    if a.top1_agreement is not None:
+        return f"agree {pct(a.top1_agreement)}"
+    return DASH
+
+
+def single_line(text: str) -> str:
+    """Newlines and other control characters as spaces: one table cell, one line."""
+    return _CONTROL.sub(" ", text.replace("\r\n", " ").replace("\n", " ").replace("\t", " "))
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|#~$])")
+
+
+def md(text: str) -> str:
+    """Untrusted text for a Markdown table cell: one line, Markdown punctuation backslash-escaped (pipes
+    included, so a cell cannot split the row), and <, >, & as entities so no raw HTML gets through."""
+    out = html.escape(single_line(text), quote=False)
+    return _MD_SPECIAL.sub(r"\\\1", out)
+
+
+def esc(text: object) -> str:
+    """Untrusted text for HTML text or a quoted attribute value."""
+    return html.escape(str(text), quote=True)
+
+
+def cell_label(c: Cell) -> str:
+    return f"{c.variant}/{c.runtime}"
+
+
+def header_lines(report: Report) -> list[str]:
+    """Plain-text facts about the run, shared by the text and Markdown headers (caller escapes)."""
+    r, s, t = report.run, report.run.settings, report.thresholds
+    return [
+        f"run {r.run_id} ({r.name}), baseline {r.baseline}",
+        f"devices {len(r.devices)}, variants {len(r.variants)}, runtimes {len(r.runtimes)}, cells {len(report.cells)}",
+        f"batch {s.batch}, threads {s.threads or 'default'}, warm-up {s.warmup_iterations}, "
+        f"min {s.min_iterations} iterations / {s.min_duration_s:g} s, max {s.max_duration_s:g} s"
+        + (f", target CI ±{s.target_relative_ci:.1%}" if s.target_relative_ci > 0 else ""),
+        f"accuracy budget {t.max_accuracy_drop * 100:.1f} pp, CV threshold {t.cv_threshold:.0%}, "
+        f"speedup intervals at {t.speedup_ci_confidence:.0%} joint confidence",
+    ]
+
+
+TABLE_COLUMNS = (
+    "variant", "runtime", "status", "verdict", "n", "median ms [95% CI]", "p90 ms", "p99 ms", "CV",
+    "throughput /s", "speedup [CI]", "load ms", "peak MiB", "model MiB", "size MiB", "top-1 / top-5",
+    "acc. drop", "flags",
+)  # fmt: skip
+
+
+def table_row(c: Cell) -> list[str]:
+    """The per-device table row every tabular renderer shows (plain text; the renderer escapes)."""
+    lat, mem = c.latency, c.memory
+    flags = list(c.flags)
+    if c.status != "succeeded":
+        flags = [c.message or c.status]
+    marks = ("★ " if c.recommended else "") + ("◆ " if c.on_pareto_front else "")
+    return [
+        marks + c.variant,
+        c.runtime,
+        c.status,
+        c.verdict,
+        str(lat.n) if lat.n else DASH,
+        median_text(c),
+        ms(lat.p90_ns),
+        ms(lat.p99_ns),
+        pct(lat.cv),
+        num(lat.throughput_per_s, ".4g"),
+        speedup_text(c),
+        ms(c.phases.load_ns) if c.phases.load_ns else DASH,
+        mib(mem.peak_rss_bytes),
+        mib(mem.model_memory_bytes),
+        mib(c.model.size_bytes),
+        accuracy_text(c),
+        pp(c.comparison.accuracy_drop),
+        "; ".join(flags) if flags else "",
+    ]
+
+
+LEGEND = "★ recommended, ◆ on the latency/accuracy Pareto front; intervals are 95% (speedup: joint, see schema)."

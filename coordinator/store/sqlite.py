@@ -1,0 +1,346 @@
+"""The coordinator's store: one SQLite file, WAL mode, numbered migrations (`PRAGMA user_version`).
+
+Contract: a result is committed before the dispatcher moves on (nothing is lost if the coordinator is
+killed afterwards); `save_result` is idempotent per job id (a re-delivered result changes nothing);
+raw samples are kept losslessly but compactly (zlib of int64 deltas). Each thread uses its own
+connection (`Store` is cheap to share: connections are per thread).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coordinator.types import (
+    Device,
+    DeviceProbe,
+    JobRecord,
+    JobStatus,
+    MeasurementSettings,
+    ResultData,
+    RunData,
+    RunSpec,
+    RuntimeStatus,
+    Variant,
+)
+
+SCHEMA_VERSION = 1
+
+
+class StoreError(Exception):
+    """The store cannot be used (newer schema, unreadable file, name clash); the message says what to do."""
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("coordinator.store") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
+    return sorted(found)
+
+
+def encode_samples(samples: Sequence[int]) -> bytes:
+    arr = np.asarray(samples, dtype="<i8")
+    return zlib.compress(np.diff(arr, prepend=np.int64(0)).astype("<i8").tobytes(), 6)
+
+
+def decode_samples(blob: bytes) -> tuple[int, ...]:
+    deltas = np.frombuffer(zlib.decompress(blob), dtype="<i8")
+    return tuple(int(x) for x in np.cumsum(deltas))
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(dataclasses.asdict(obj), default=lambda o: o.value if hasattr(o, "value") else str(o))
+
+
+def _probe_from(data: dict[str, Any]) -> DeviceProbe:
+    data = dict(data)
+    data["gpus"] = tuple(data.get("gpus", ()))
+    data["runtimes"] = tuple(
+        RuntimeStatus(**{**r, "providers": tuple(r.get("providers", ())), "formats": tuple(r.get("formats", ()))})
+        for r in data.get("runtimes", ())
+    )
+    return DeviceProbe(**data)
+
+
+def _spec_from(data: dict[str, Any]) -> RunSpec:
+    data = dict(data)
+    data["settings"] = MeasurementSettings(**data["settings"])
+    for key in ("devices", "runtimes", "variants"):
+        data[key] = tuple(data[key])
+    return RunSpec(**data)
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._migrate()
+
+    # ------------------------------------------------------------------ connection
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at each commit's checkpoint
+                conn.execute("PRAGMA foreign_keys=ON")
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"cannot open the store {self.path}: {exc}") from None
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def _migrate(self) -> None:
+        conn = self._conn()
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        latest = _migrations()
+        if version > latest[-1][0]:
+            raise StoreError(
+                f"the store {self.path} has schema {version}, newer than this edgebench understands "
+                f"({latest[-1][0]}); upgrade edgebench or point --db elsewhere"
+            )
+        for number, sql in latest:
+            if number > version:
+                with self._tx() as tx:
+                    for statement in sql.split(";\n"):
+                        if statement.strip():
+                            tx.execute(statement)
+                    tx.execute(f"PRAGMA user_version = {number}")
+
+    # ------------------------------------------------------------------ devices
+
+    def add_device(self, device: Device, *, replace: bool = False) -> None:
+        with self._tx() as tx:
+            exists = tx.execute("SELECT 1 FROM devices WHERE name = ?", (device.name,)).fetchone()
+            if exists and not replace:
+                raise StoreError(
+                    f"a device named {device.name!r} is already registered; remove it first or pick another name"
+                )
+            tx.execute(
+                "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    device.name,
+                    device.address,
+                    device.token_file,
+                    device.tls_ca,
+                    device.tls_cert,
+                    device.tls_key,
+                    device.tls_server_name,
+                    device.added_at_ns or time.time_ns(),
+                ),
+            )
+
+    def remove_device(self, name: str) -> bool:
+        with self._tx() as tx:
+            return tx.execute("DELETE FROM devices WHERE name = ?", (name,)).rowcount > 0
+
+    def devices(self) -> list[Device]:
+        rows = self._conn().execute("SELECT * FROM devices ORDER BY name").fetchall()
+        return [Device(**dict(r)) for r in rows]
+
+    def device(self, name: str) -> Device | None:
+        row = self._conn().execute("SELECT * FROM devices WHERE name = ?", (name,)).fetchone()
+        return Device(**dict(row)) if row else None
+
+    # ------------------------------------------------------------------ runs
+
+    def create_run(self, spec: RunSpec, variants: Sequence[Variant], jobs: Sequence[JobRecord]) -> None:
+        with self._tx() as tx:
+            tx.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, NULL)", (spec.run_id, spec.name, _dump(spec), spec.created_at_ns)
+            )
+            tx.executemany(
+                "INSERT INTO run_variants VALUES (?, ?, ?)",
+                [(spec.run_id, i, _dump(v)) for i, v in enumerate(variants)],
+            )
+            tx.executemany(
+                "INSERT INTO jobs (job_id, run_id, position, device, variant, runtime, attempt, status, message, "
+                "updated_at_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        j.job_id,
+                        j.run_id,
+                        i,
+                        j.device,
+                        j.variant,
+                        j.runtime,
+                        j.attempt,
+                        j.status.value,
+                        j.message,
+                        time.time_ns(),
+                    )
+                    for i, j in enumerate(jobs)
+                ],
+            )
+
+    def record_probe(self, run_id: str, probe: DeviceProbe) -> None:
+        with self._tx() as tx:
+            tx.execute("INSERT OR REPLACE INTO run_devices VALUES (?, ?, ?)", (run_id, probe.name, _dump(probe)))
+
+    def set_job_status(self, job_id: str, status: JobStatus, message: str = "") -> None:
+        """Move a job that has no stored result to `status` (a stored result is never overwritten)."""
+        with self._tx() as tx:
+            tx.execute(
+                "UPDATE jobs SET status = ?, message = ?, updated_at_ns = ? WHERE job_id = ? "
+                "AND NOT EXISTS (SELECT 1 FROM results WHERE results.job_id = jobs.job_id)",
+                (status.value, message, time.time_ns(), job_id),
+            )
+
+    def new_attempt(self, job_id: str, new_job_id: str, attempt: int) -> None:
+        """Give a job that ended without a final result (e.g. CANCELLED) a fresh id, so the agent runs it again
+        rather than replaying the old outcome. The old non-final result, if stored, is dropped with it."""
+        with self._tx() as tx:
+            row = tx.execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None or JobStatus(row["status"]).final:
+                return
+            tx.execute("DELETE FROM results WHERE job_id = ?", (job_id,))
+            tx.execute(
+                "UPDATE jobs SET job_id = ?, attempt = ?, status = ?, message = '', updated_at_ns = ? WHERE job_id = ?",
+                (new_job_id, attempt, JobStatus.PENDING.value, time.time_ns(), job_id),
+            )
+
+    def save_result(self, job_id: str, result: ResultData) -> bool:
+        """Commit a final result and the job's status together. Returns False if one was already stored."""
+        fields = dataclasses.asdict(result)
+        fields.pop("latencies_ns")
+        fields["status"] = result.status.value
+        with self._tx() as tx:
+            inserted = tx.execute(
+                "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    encode_samples(result.latencies_ns),
+                    len(result.latencies_ns),
+                    json.dumps(fields),
+                    time.time_ns(),
+                ),
+            ).rowcount
+            if inserted:
+                tx.execute(
+                    "UPDATE jobs SET status = ?, message = ?, updated_at_ns = ? WHERE job_id = ?",
+                    (result.status.value, result.message, time.time_ns(), job_id),
+                )
+        return bool(inserted)
+
+    def finish_run(self, run_id: str) -> None:
+        with self._tx() as tx:
+            tx.execute("UPDATE runs SET finished_at_ns = ? WHERE run_id = ?", (time.time_ns(), run_id))
+
+    def runs(self) -> list[dict[str, Any]]:
+        """One summary row per run, newest first: id, name, created/finished, job counts per status."""
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT r.run_id, r.name, r.created_at_ns, r.finished_at_ns, j.status, COUNT(j.job_id) AS n "
+                "FROM runs r LEFT JOIN jobs j ON j.run_id = r.run_id GROUP BY r.run_id, j.status "
+                "ORDER BY r.created_at_ns DESC"
+            )
+            .fetchall()
+        )
+        out: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            entry = out.setdefault(
+                r["run_id"],
+                {
+                    "run_id": r["run_id"],
+                    "name": r["name"],
+                    "created_at_ns": r["created_at_ns"],
+                    "finished_at_ns": r["finished_at_ns"],
+                    "jobs": {},
+                },
+            )
+            if r["status"]:
+                entry["jobs"][r["status"]] = r["n"]
+        return list(out.values())
+
+    def latest_run_id(self) -> str | None:
+        row = self._conn().execute("SELECT run_id FROM runs ORDER BY created_at_ns DESC LIMIT 1").fetchone()
+        return row[0] if row else None
+
+    def jobs(self, run_id: str) -> list[JobRecord]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT j.*, r.samples, r.result_json FROM jobs j LEFT JOIN results r ON r.job_id = j.job_id "
+                "WHERE j.run_id = ? ORDER BY j.position",
+                (run_id,),
+            )
+            .fetchall()
+        )
+        out = []
+        for row in rows:
+            result = None
+            if row["result_json"] is not None:
+                data = json.loads(row["result_json"])
+                data["status"] = JobStatus(data["status"])
+                result = ResultData(latencies_ns=decode_samples(row["samples"]), **data)
+            out.append(
+                JobRecord(
+                    job_id=row["job_id"],
+                    run_id=row["run_id"],
+                    device=row["device"],
+                    variant=row["variant"],
+                    runtime=row["runtime"],
+                    status=JobStatus(row["status"]),
+                    message=row["message"],
+                    attempt=row["attempt"],
+                    updated_at_ns=row["updated_at_ns"],
+                    result=result,
+                )
+            )
+        return out
+
+    def load_run(self, run_id: str) -> RunData:
+        conn = self._conn()
+        row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            known = ", ".join(r["run_id"] for r in self.runs()[:5]) or "none yet"
+            raise StoreError(f"no run {run_id!r} in {self.path}; recent runs: {known}")
+        variants = tuple(
+            Variant(**json.loads(r[0]))
+            for r in conn.execute("SELECT variant_json FROM run_variants WHERE run_id = ? ORDER BY position", (run_id,))
+        )
+        devices = tuple(
+            _probe_from(json.loads(r[0]))
+            for r in conn.execute("SELECT probe_json FROM run_devices WHERE run_id = ? ORDER BY device", (run_id,))
+        )
+        return RunData(
+            spec=_spec_from(json.loads(row["spec_json"])),
+            variants=variants,
+            devices=devices,
+            jobs=tuple(self.jobs(run_id)),
+            finished_at_ns=row["finished_at_ns"] or 0,
+        )
