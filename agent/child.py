@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     # A crashing runtime must not fill the agent's disk with core files.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     envelope = json.load(sys.stdin)
+    if envelope.get("cpu_affinity") and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, envelope["cpu_affinity"])  # before any runtime sizes its thread pool
     job = decode(BenchmarkJob, envelope["job"])
     model_path = Path(envelope["model_path"])
     dataset_path = Path(envelope["dataset_path"]) if envelope.get("dataset_path") else None

@@ -54,6 +54,9 @@ def serve(
     max_cache_bytes: Annotated[
         int | None, typer.Option(help="Artifact cache cap; LRU eviction (default 20 GiB).")
     ] = None,
+    cpu_affinity: Annotated[
+        str | None, typer.Option(help="CPUs job processes may use, e.g. '0' or '0-1,3' (Linux; default all).")
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file of settings (overridden by env and flags).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -77,6 +80,7 @@ def serve(
             insecure=insecure,
             max_artifact_bytes=max_artifact_bytes,
             max_cache_bytes=max_cache_bytes,
+            cpu_affinity=cpu_affinity,
             job_memory_bytes=None if job_memory_mb is None else job_memory_mb * 2**20,
             job_wall_time_s=job_timeout_s,
         )

@@ -60,6 +60,7 @@ class RunnerConfig:
     default_wall_time_ns: int = 600 * 10**9
     default_memory_bytes: int = 0
     python: str = sys.executable
+    cpu_affinity: tuple[int, ...] = ()
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -119,6 +120,7 @@ class JobRunner:
         read_fd, write_fd = os.pipe()
         log_path = folder / "output.log"
         envelope = {
+            "cpu_affinity": list(self.config.cpu_affinity),
             "job": to_jsonable(job),
             "model_path": str(model),
             "dataset_path": str(dataset) if dataset else None,

@@ -26,7 +26,7 @@ from agent.runner import JobRunner, RunnerConfig
 from agent.runtimes import REGISTRY
 from agent.runtimes.base import unavailable
 from agent.servicer import AgentServicer
-from agent.settings import AgentSettings
+from agent.settings import AgentSettings, parse_cpu_list
 from agent.types import DeviceInfo, RuntimeInfo
 from protos.edgebench.agent.v1 import agent_pb2 as pb
 from protos.edgebench.agent.v1 import agent_pb2_grpc as pb_grpc
@@ -129,6 +129,7 @@ def build(settings: AgentSettings) -> RunningAgent:
             device_id=device_id,
             default_wall_time_ns=int(settings.job_wall_time_s * 1e9),
             default_memory_bytes=settings.job_memory_bytes,
+            cpu_affinity=parse_cpu_list(settings.cpu_affinity) if settings.cpu_affinity else (),
         ),
     )
     jobs = JobManager(workdir / "results", runner.run, max_kept=settings.max_kept_results)

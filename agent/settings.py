@@ -50,6 +50,9 @@ class AgentSettings:
     job_wall_time_s: float = 900.0
     job_memory_bytes: int = 0
     max_workers: int = 32
+    #: CPUs job processes may use, e.g. "0" or "0-1,3" (Linux); empty = all. Emulates a smaller device and
+    #: keeps measurements off the CPUs the agent's own threads use.
+    cpu_affinity: str = ""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -64,6 +67,8 @@ class AgentSettings:
                 raise SettingsError(f"--{name.replace('_', '-')} {path}: no such file")
         if self.max_artifact_bytes <= 0 or self.max_cache_bytes < self.max_artifact_bytes:
             raise SettingsError("need 0 < max_artifact_bytes <= max_cache_bytes")
+        if self.cpu_affinity:
+            parse_cpu_list(self.cpu_affinity)
         if self.job_wall_time_s <= 0:
             raise SettingsError("job_wall_time_s must be positive")
         if not self.authenticated and not self.is_loopback and not self.insecure:
@@ -100,6 +105,20 @@ class AgentSettings:
 
     def token_file_exposed(self) -> bool:
         return self.token_file is not None and bool(os.stat(self.token_file).st_mode & (stat.S_IRWXG | stat.S_IRWXO))
+
+
+def parse_cpu_list(text: str) -> tuple[int, ...]:
+    """'0-2,5' -> (0, 1, 2, 5); raises SettingsError naming the problem."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            low, _, high = part.strip().partition("-")
+            cpus.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise SettingsError(f"cpu_affinity {text!r} must look like '0' or '0-1,3'") from None
+    if not cpus or min(cpus) < 0:
+        raise SettingsError(f"cpu_affinity {text!r} names no valid CPU")
+    return tuple(sorted(cpus))
 
 
 def _coerce(field: dataclasses.Field[Any], raw: Any) -> Any:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job: set up .venv, start a local agent on loopback, benchmark the built-in model on it, print
-# the figures, stop the agent. Extra arguments go to scripts/quickstart.py (see --help).
+# The main job: set up .venv, then `edgebench demo`: two local agents on loopback, the built-in model
+# benchmarked on both, HTML and Markdown reports written (paths printed), agents stopped.
+# Extra arguments go to `edgebench demo` (e.g. -o DIR, --min-duration S).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh demo
-exec .venv/bin/python scripts/quickstart.py "$@"
+exec .venv/bin/edgebench demo "$@"

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtual environment in .venv and install what a profile needs.
-#   scripts/setup.sh dev    agent + ONNX Runtime + test and lint tools (what the tests need)
-#   scripts/setup.sh demo   agent + ONNX Runtime + what the demo needs to build its model
-# Idempotent: a second run only checks that everything is installed.
+#   scripts/setup.sh dev    everything the tests need: agent, ONNX Runtime, coordinator, test and lint tools
+#   scripts/setup.sh demo   what `edgebench demo` needs: agent, ONNX Runtime, coordinator
+# torch is installed first, pinned: the coordinator extra only gives a range, and an unpinned torch
+# would pull a multi-GB CUDA build (see README, "Installing"). Idempotent: a second run installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-dev}
 PYTHON=${PYTHON:-python3}
+TORCH_PIN=${EDGEBENCH_TORCH_PIN:-torch==2.13.0}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 10), "edgebench needs Python >= 3.10"'
   "$PYTHON" -m venv .venv
@@ -15,9 +17,10 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 stamp=.venv/.edgebench-$profile-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   "${pip[@]}" install --upgrade pip >/dev/null
+  .venv/bin/python -c 'import torch' 2>/dev/null || "${pip[@]}" install "$TORCH_PIN"
   case "$profile" in
     dev)  "${pip[@]}" install -e ".[dev]" ;;
-    demo) "${pip[@]}" install -e ".[agent,onnxruntime]" "onnx>=1.16" ;;
+    demo) "${pip[@]}" install -e ".[agent,onnxruntime,coordinator]" ;;
     *) echo "unknown profile $profile (dev|demo)" >&2; exit 2 ;;
   esac
   touch "$stamp"

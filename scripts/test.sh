@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh dev
+scripts/install_browser.sh   # headless chromium for the HTML report test (skipped with a reason if impossible)
 py=.venv/bin/python
 echo "== ruff"; "$py" -m ruff check .
 echo "== mypy --strict (agent, protos, coordinator)"; "$py" -m mypy agent protos coordinator

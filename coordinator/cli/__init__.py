@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from coordinator.cli import fleet, report, run
+from coordinator.cli import demo, fleet, report, run
 from coordinator.cli.common import STATE
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app.add_typer(fleet.app, name="fleet")
 app.command("run")(run.run)
 app.command("runs")(report.runs)
 app.command("report")(report.report)
+app.command("demo")(demo.demo)
 
 
 @app.callback()

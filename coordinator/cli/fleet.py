@@ -53,8 +53,13 @@ def add(
         tls_key=_existing(tls_key, "TLS key"),
         tls_server_name=tls_server_name,
     )
+    from coordinator.store.sqlite import StoreError
+
     with open_store() as store:
-        store.add_device(device, replace=replace)
+        try:
+            store.add_device(device, replace=replace)
+        except StoreError as exc:
+            fail(f"{exc} (or use --replace)")
     typer.echo(f"added {name} at {address}; check it with `edgebench fleet show {name}`")
 
 

@@ -35,6 +35,9 @@ def run(
     timeout: Annotated[float, typer.Option(min=1.0, help="Wall-time limit per job on the agent (s).")] = 600.0,
     memory_mb: Annotated[int, typer.Option(min=0, help="Memory limit per job (MiB, 0 = agent default).")] = 0,
     name: Annotated[str, typer.Option(help="A name for the run.")] = "",
+    device_concurrency: Annotated[
+        int, typer.Option(min=0, help="Devices measured at once (0 = all; 1 when agents share a host).")
+    ] = 0,
     resume: Annotated[str, typer.Option(help="Run ID: run only its jobs without a final result.")] = "",
 ) -> None:
     """Plan jobs (variant x device x runtime each device can run), upload what agents lack, run devices
@@ -68,7 +71,11 @@ def run(
                 pending = [j for j in store.load_run(resume).jobs if not j.status.final]
                 totals = _totals(pending)
                 with LiveProgress(totals, console) as progress:
-                    result = resume_run(store, resume, dispatcher=Dispatcher(store, on_event=progress))
+                    result = resume_run(
+                        store,
+                        resume,
+                        dispatcher=Dispatcher(store, on_event=progress, device_concurrency=device_concurrency),
+                    )
             else:
                 assert model is not None
                 names = [d.name for d in store.devices()] if devices == "all" else devices.split(",")
@@ -82,12 +89,12 @@ def run(
                         variants=[v for v in variants.split(",") if v],
                         settings=settings,
                         name=name,
-                        dispatcher=Dispatcher(store, on_event=progress),
+                        dispatcher=Dispatcher(store, on_event=progress, device_concurrency=device_concurrency),
                     )
         except expected_errors() as exc:
             fail(str(exc))
             return
-    _summary(console, result)
+    summary_table(console, result)
     not_ok = [j for j in result.jobs if j.status.value not in ("succeeded", "skipped")]
     if result.jobs and all(j.status.value in ("unreachable", "incompatible") for j in result.jobs):
         raise typer.Exit(EXIT_NO_DEVICE)
@@ -102,7 +109,7 @@ def _totals(jobs: list[JobRecord]) -> dict[str, int]:
     return totals
 
 
-def _summary(console: Console, run: RunData) -> None:
+def summary_table(console: Console, run: RunData) -> None:
     from rich.table import Table
 
     from protos.stats import summarize

@@ -26,6 +26,8 @@ from coordinator.store.sqlite import Store
 from coordinator.types import Device, DeviceProbe, JobRecord, JobStatus, ResultData, RunData, Variant
 from protos.edgebench.agent.v1 import agent_pb2 as pb
 
+#: Beyond the job's own wall-time limit: queueing on the agent, process start, result transfer.
+STREAM_GRACE_S = 120.0
 #: Errors that mean "the agent refused this job" (the job fails; the device is fine).
 REFUSALS = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -73,12 +75,15 @@ class Dispatcher:
         *,
         on_event: OnEvent | None = None,
         reconnect_s: float = 15.0,
+        device_concurrency: int = 0,
         connect_fn: Callable[[Device], AgentClient] = connect,
         probe_fn: Callable[[Device], DeviceProbe] = probe,
     ) -> None:
         self._store = store
         self._emit = on_event or (lambda _e: None)
         self._reconnect_s = reconnect_s
+        #: How many devices run at once (0 = all). Agents that share a host must not measure concurrently.
+        self._device_concurrency = device_concurrency
         self._connect = connect_fn
         self._probe = probe_fn
 
@@ -90,17 +95,17 @@ class Dispatcher:
             if not job.status.final:
                 by_device.setdefault(job.device, []).append(job)
         variants = {v.name: v for v in run.variants}
-        with ThreadPoolExecutor(max_workers=max(1, min(128, len(by_device)))) as pool:
+        workers = min(128, len(by_device), self._device_concurrency or len(by_device))
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             futures = [
                 pool.submit(self._device, run, devices.get(name), name, jobs, variants)
                 for name, jobs in by_device.items()
             ]
             for f in futures:
                 f.result()
-        final = self._store.load_run(run_id)
-        if all(j.status.final for j in final.jobs):
+        if all(j.status.final for j in self._store.jobs(run_id)):
             self._store.finish_run(run_id)
-        return final
+        return self._store.load_run(run_id)
 
     # ------------------------------------------------------------------ one device
 
@@ -183,6 +188,8 @@ class Dispatcher:
             result = result_from_pb(msg, job_id)
         except ResultRejected as exc:
             result = ResultData(status=JobStatus.REJECTED, message=f"result rejected: {exc}")
+        except Exception as exc:  # a conversion we did not foresee: still the agent's input, never our crash
+            result = ResultData(status=JobStatus.REJECTED, message=f"result rejected: {type(exc).__name__}: {exc}")
         self._store.save_result(job_id, result)
         self._emit(
             DispatchEvent(
@@ -212,7 +219,8 @@ class Dispatcher:
         deadline = 0.0
         while True:
             try:
-                for event in client.run(request):
+                # Bounded: an agent that accepts a job and then goes silent must not hold this device forever.
+                for event in client.run(request, timeout_s=run.spec.settings.wall_time_s + STREAM_GRACE_S):
                     kind = event.WhichOneof("event")
                     if kind == "result":
                         self._store_result(job, job_id, event.result, dispatched)

@@ -45,6 +45,8 @@ def default_runtimes(probes: Iterable[DeviceProbe], variants: Sequence[Variant])
     formats = {v.format for v in variants}
     names: dict[str, None] = {}
     for probe in probes:
+        if not (probe.online and probe.compatible):
+            continue
         for rt in probe.runtimes:
             if rt.available and formats & set(rt.formats) and (rt.name != NULL_RUNTIME or "null" in formats):
                 names.setdefault(rt.name, None)

@@ -59,6 +59,16 @@ def _fraction(value: float, name: str, low: float = 0.0) -> float:
     return value
 
 
+def _timestamp(msg: pb.BenchmarkResult, name: str) -> int:
+    if not msg.HasField(name):
+        return 0
+    try:
+        ns: int = getattr(msg, name).ToNanoseconds()
+    except ValueError as exc:
+        raise ResultRejected(f"{name} is not a valid timestamp: {exc}") from None
+    return ns
+
+
 def result_from_pb(msg: pb.BenchmarkResult, expected_job_id: str) -> ResultData:
     """Validate and convert one result. Raises ResultRejected on anything out of contract."""
     _check(msg.job_id == expected_job_id, f"result is for job {msg.job_id[:80]!r}, not {expected_job_id!r}")
@@ -96,7 +106,11 @@ def result_from_pb(msg: pb.BenchmarkResult, expected_job_id: str) -> ResultData:
             _check(not math.isnan(a.snr_db), "accuracy.snr_db is NaN")
             accuracy["max_abs_error"] = a.max_abs_error
             accuracy["snr_db"] = max(-1000.0, min(1000.0, a.snr_db))
-    provenance = json_format.MessageToDict(msg.provenance, preserving_proto_field_name=True)
+    try:
+        provenance = json_format.MessageToDict(msg.provenance, preserving_proto_field_name=True)
+    except (ValueError, json_format.Error) as exc:  # e.g. a Timestamp outside the valid range
+        raise ResultRejected(f"provenance is not valid: {exc}") from None
+    started, finished = _timestamp(msg, "started_at"), _timestamp(msg, "finished_at")
     _check(len(json.dumps(provenance)) <= MAX_PROVENANCE_CHARS, "provenance is over the size limit")
     return ResultData(
         status=status,
@@ -115,8 +129,8 @@ def result_from_pb(msg: pb.BenchmarkResult, expected_job_id: str) -> ResultData:
         peak_rss_bytes=m.peak_rss_bytes,
         has_memory=has_memory,
         provenance=provenance,
-        started_at_ns=msg.started_at.ToNanoseconds() if msg.HasField("started_at") else 0,
-        finished_at_ns=msg.finished_at.ToNanoseconds() if msg.HasField("finished_at") else 0,
+        started_at_ns=started,
+        finished_at_ns=finished,
         diagnostics=msg.diagnostics[:MAX_DIAGNOSTICS_CHARS],
         **accuracy,
     )

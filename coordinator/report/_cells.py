@@ -130,10 +130,23 @@ def summarize_latency(
     """protos.stats.summarize() of the samples, and the median CI at `joint_confidence` for speedups."""
     if not samples:
         empty = LatencyStats(
-            n=0, median_ns=None, p50_ns=None, p90_ns=None, p95_ns=None, p99_ns=None, mean_ns=None, stdev_ns=None,
-            min_ns=None, max_ns=None, cv=None, median_ci_low_ns=None, median_ci_high_ns=None,
-            median_ci_reached=None, batch_size=batch, throughput_per_s=None,
-        )  # fmt: skip
+            n=0,
+            median_ns=None,
+            p50_ns=None,
+            p90_ns=None,
+            p95_ns=None,
+            p99_ns=None,
+            mean_ns=None,
+            stdev_ns=None,
+            min_ns=None,
+            max_ns=None,
+            cv=None,
+            median_ci_low_ns=None,
+            median_ci_high_ns=None,
+            median_ci_reached=None,
+            batch_size=batch,
+            throughput_per_s=None,
+        )
         return empty, None
     s = stats.summarize(samples)
     joint = stats.median_ci(sorted(samples), joint_confidence)
@@ -225,7 +238,12 @@ def _flags(
     throttling = _throttling(prov, thresholds)
     if throttling:
         flags.append(throttling)
-    if variant is not None and prov.model_sha256 and variant.sha256 and prov.model_sha256 != variant.sha256:
+    if (
+        variant is not None
+        and prov.model_sha256
+        and variant.sha256
+        and prov.model_sha256.lower() != variant.sha256.lower()
+    ):
         flags.append(f"wrong model: ran sha256 {prov.model_sha256[:12]}…, variant is {variant.sha256[:12]}…")
     if prov.batch_size is not None and prov.batch_size != settings.batch:
         flags.append(f"batch mismatch: ran batch {prov.batch_size}, requested {settings.batch}")
@@ -248,22 +266,41 @@ def build_cell(
     r = job.result
     prov = parse_provenance(r.provenance if r is not None else {})
     batch = prov.batch_size or max(1, settings.batch)
-    lat, joint = summarize_latency(r.latencies_ns if r is not None else (), batch, thresholds.speedup_ci_confidence)
+    # Each median at sqrt(confidence) so that a speedup's two intervals hold jointly at `confidence`.
+    per_median = math.sqrt(thresholds.speedup_ci_confidence)
+    lat, joint = summarize_latency(r.latencies_ns if r is not None else (), batch, per_median)
     if r is None:
         phases = Phases(None, None, None, None, None, None)
         memory = Memory(None, None, None, None)
         accuracy = Accuracy(None, None, None, None, None, None, None)
     else:
-        phases = Phases(r.load_ns, r.first_inference_ns, r.warmup_iterations, r.warmup_ns, r.steady_wall_ns,
-                        _stop_reason(r.stop_reason))  # fmt: skip
+        phases = Phases(
+            r.load_ns,
+            r.first_inference_ns,
+            r.warmup_iterations,
+            r.warmup_ns,
+            r.steady_wall_ns,
+            _stop_reason(r.stop_reason),
+        )
         if r.has_memory:
             attributable = r.peak_rss_bytes - r.rss_before_load_bytes
-            memory = Memory(r.rss_before_load_bytes, r.rss_after_load_bytes, r.peak_rss_bytes,
-                            attributable if attributable >= 0 else None)  # fmt: skip
+            memory = Memory(
+                r.rss_before_load_bytes,
+                r.rss_after_load_bytes,
+                r.peak_rss_bytes,
+                attributable if attributable >= 0 else None,
+            )
         else:
             memory = Memory(None, None, None, None)
-        accuracy = Accuracy(r.accuracy_samples, _finite(r.top1), _finite(r.top5), _finite(r.top1_agreement),
-                            _finite(r.cosine_similarity), _finite(r.max_abs_error), _finite(r.snr_db))  # fmt: skip
+        accuracy = Accuracy(
+            r.accuracy_samples,
+            _finite(r.top1),
+            _finite(r.top5),
+            _finite(r.top1_agreement),
+            _finite(r.cosine_similarity),
+            _finite(r.max_abs_error),
+            _finite(r.snr_db),
+        )
     model = ModelInfo(
         format=variant.format if variant else None,
         sha256=variant.sha256 if variant else None,

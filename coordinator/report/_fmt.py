@@ -38,8 +38,11 @@ def pct(x: float | None, digits: int = 1) -> str:
 
 
 def pp(x: float | None) -> str:
-    """A difference of fractions as percentage points."""
-    return DASH if x is None else f"{x * 100:+.1f} pp".replace("+0.0 pp", "0.0 pp").replace("-0.0 pp", "0.0 pp")
+    """A difference of fractions as percentage points (an accuracy drop: negative means it improved)."""
+    if x is None:
+        return DASH
+    text = f"{x * 100:.1f}"
+    return ("0.0" if text == "-0.0" else text.replace("-", "−")) + " pp"
 
 
 def ratio(x: float | None) -> str:
@@ -84,8 +87,9 @@ _MD_SPECIAL = re.compile(r"([\\`*_\[\]|#~$])")
 
 
 def md(text: str) -> str:
-    """Untrusted text for a Markdown table cell: one line, Markdown punctuation backslash-escaped (pipes
-    included, so a cell cannot split the row), and <, >, & as entities so no raw HTML gets through."""
+    """Untrusted text for Markdown (a table cell or a line): one line, Markdown punctuation (pipes, so a cell
+    cannot split its row; backticks; emphasis, link, heading and math characters) backslash-escaped, and
+    <, >, & as entities so no raw HTML gets through."""
     out = html.escape(single_line(text), quote=False)
     return _MD_SPECIAL.sub(r"\\\1", out)
 
@@ -114,24 +118,45 @@ def header_lines(report: Report) -> list[str]:
 
 
 TABLE_COLUMNS = (
-    "variant", "runtime", "status", "verdict", "n", "median ms [95% CI]", "p90 ms", "p99 ms", "CV",
-    "throughput /s", "speedup [CI]", "load ms", "peak MiB", "model MiB", "size MiB", "top-1 / top-5",
-    "acc. drop", "flags",
-)  # fmt: skip
+    "variant",
+    "runtime",
+    "verdict",
+    "n",
+    "median ms [95% CI]",
+    "p90 ms",
+    "p99 ms",
+    "CV",
+    "throughput /s",
+    "speedup [CI]",
+    "load ms",
+    "peak MiB",
+    "model MiB",
+    "size MiB",
+    "top-1 / top-5",
+    "acc. drop",
+)
+
+
+def verdict_text(c: Cell) -> str:
+    """VALID or INVALID for a cell that ran to the end; otherwise its status (failed, skipped, ...)."""
+    return c.verdict if c.status == "succeeded" else c.status
+
+
+def notes_text(c: Cell) -> str:
+    """The flags of a succeeded cell, or why the cell did not succeed."""
+    if c.status != "succeeded":
+        return c.message or f"{c.status}: no message"
+    return "; ".join(c.flags)
 
 
 def table_row(c: Cell) -> list[str]:
-    """The per-device table row every tabular renderer shows (plain text; the renderer escapes)."""
+    """The per-device table row (TABLE_COLUMNS) every tabular renderer shows; plain text, caller escapes."""
     lat, mem = c.latency, c.memory
-    flags = list(c.flags)
-    if c.status != "succeeded":
-        flags = [c.message or c.status]
     marks = ("★ " if c.recommended else "") + ("◆ " if c.on_pareto_front else "")
     return [
         marks + c.variant,
         c.runtime,
-        c.status,
-        c.verdict,
+        verdict_text(c),
         str(lat.n) if lat.n else DASH,
         median_text(c),
         ms(lat.p90_ns),
@@ -145,7 +170,6 @@ def table_row(c: Cell) -> list[str]:
         mib(c.model.size_bytes),
         accuracy_text(c),
         pp(c.comparison.accuracy_drop),
-        "; ".join(flags) if flags else "",
     ]
 
 

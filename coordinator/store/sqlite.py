@@ -98,7 +98,8 @@ class Store:
             try:
                 conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
                 conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at each commit's checkpoint
+                # FULL: a committed result survives power loss too, not only a killed coordinator.
+                conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA foreign_keys=ON")
             except sqlite3.DatabaseError as exc:
                 raise StoreError(f"cannot open the store {self.path}: {exc}") from None
@@ -109,13 +110,28 @@ class Store:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+        with self._database_errors():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def _database_errors(self) -> Iterator[None]:
+        """A damaged file (torn write, disk error) surfaces as StoreError with what to do, not a traceback."""
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            yield
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"the store {self.path} cannot be used: {exc}; restore it from a backup or point --db at a new file"
+            ) from None
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._database_errors():
+            return self._conn().execute(sql, params).fetchall()
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -124,8 +140,7 @@ class Store:
             self._local.conn = None
 
     def _migrate(self) -> None:
-        conn = self._conn()
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        version = self._query("PRAGMA user_version")[0][0]
         latest = _migrations()
         if version > latest[-1][0]:
             raise StoreError(
@@ -168,12 +183,12 @@ class Store:
             return tx.execute("DELETE FROM devices WHERE name = ?", (name,)).rowcount > 0
 
     def devices(self) -> list[Device]:
-        rows = self._conn().execute("SELECT * FROM devices ORDER BY name").fetchall()
+        rows = self._query("SELECT * FROM devices ORDER BY name")
         return [Device(**dict(r)) for r in rows]
 
     def device(self, name: str) -> Device | None:
-        row = self._conn().execute("SELECT * FROM devices WHERE name = ?", (name,)).fetchone()
-        return Device(**dict(row)) if row else None
+        rows = self._query("SELECT * FROM devices WHERE name = ?", (name,))
+        return Device(**dict(rows[0])) if rows else None
 
     # ------------------------------------------------------------------ runs
 
@@ -287,18 +302,14 @@ class Store:
         return list(out.values())
 
     def latest_run_id(self) -> str | None:
-        row = self._conn().execute("SELECT run_id FROM runs ORDER BY created_at_ns DESC LIMIT 1").fetchone()
-        return row[0] if row else None
+        rows = self._query("SELECT run_id FROM runs ORDER BY created_at_ns DESC LIMIT 1")
+        return str(rows[0][0]) if rows else None
 
     def jobs(self, run_id: str) -> list[JobRecord]:
-        rows = (
-            self._conn()
-            .execute(
-                "SELECT j.*, r.samples, r.result_json FROM jobs j LEFT JOIN results r ON r.job_id = j.job_id "
-                "WHERE j.run_id = ? ORDER BY j.position",
-                (run_id,),
-            )
-            .fetchall()
+        rows = self._query(
+            "SELECT j.*, r.samples, r.result_json FROM jobs j LEFT JOIN results r ON r.job_id = j.job_id "
+            "WHERE j.run_id = ? ORDER BY j.position",
+            (run_id,),
         )
         out = []
         for row in rows:
@@ -324,19 +335,17 @@ class Store:
         return out
 
     def load_run(self, run_id: str) -> RunData:
-        conn = self._conn()
-        row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        if row is None:
+        rows = self._query("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        if not rows:
             known = ", ".join(r["run_id"] for r in self.runs()[:5]) or "none yet"
             raise StoreError(f"no run {run_id!r} in {self.path}; recent runs: {known}")
-        variants = tuple(
-            Variant(**json.loads(r[0]))
-            for r in conn.execute("SELECT variant_json FROM run_variants WHERE run_id = ? ORDER BY position", (run_id,))
+        row = rows[0]
+        variant_rows = self._query(
+            "SELECT variant_json FROM run_variants WHERE run_id = ? ORDER BY position", (run_id,)
         )
-        devices = tuple(
-            _probe_from(json.loads(r[0]))
-            for r in conn.execute("SELECT probe_json FROM run_devices WHERE run_id = ? ORDER BY device", (run_id,))
-        )
+        device_rows = self._query("SELECT probe_json FROM run_devices WHERE run_id = ? ORDER BY device", (run_id,))
+        variants = tuple(Variant(**json.loads(r[0])) for r in variant_rows)
+        devices = tuple(_probe_from(json.loads(r[0])) for r in device_rows)
         return RunData(
             spec=_spec_from(json.loads(row["spec_json"])),
             variants=variants,

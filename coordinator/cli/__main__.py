@@ -1,0 +1,5 @@
+"""`python -m coordinator.cli` = `edgebench`."""
+
+from coordinator.cli import main
+
+main()
