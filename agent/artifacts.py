@@ -52,6 +52,10 @@ class UploadConflict(ArtifactError):
     """Offset does not match the committed one, or the same artifact is being uploaded concurrently."""
 
 
+class UploadInProgress(UploadConflict):
+    """Another call is uploading the same artifact right now: wait for it, then the artifact is present."""
+
+
 class DigestMismatch(ArtifactError):
     pass
 
@@ -208,23 +212,26 @@ class ArtifactStore:
             )
         if size > self.max_total_bytes:
             raise StoreFull(f"artifact of {size} bytes exceeds the whole cache cap of {self.max_total_bytes} bytes")
-        committed = self.committed_offset(sha256)
-        if offset not in (0, committed):
-            raise UploadConflict(
-                f"upload of {sha256[:12]} asked to resume at offset {offset} but {committed} bytes are committed; "
-                f"resume from {committed} or restart from 0"
-            )
-        free = shutil.disk_usage(self.root).free
-        if size - offset + DISK_HEADROOM_BYTES > free:
-            raise StoreFull(
-                f"not enough disk space for {size - offset} more bytes ({free} free in the agent's work "
-                "directory); free some space or point --workdir at a larger disk"
-            )
         with self._lock:
+            # Checked first: while another call uploads, its part file (and so the offset) keeps moving.
             if sha256 in self._uploading:
-                raise UploadConflict(f"artifact {sha256[:12]} is already being uploaded by another call")
+                raise UploadInProgress(
+                    f"artifact {sha256[:12]} is already being uploaded by another call; retry once it is done"
+                )
             self._uploading.add(sha256)
         try:
+            committed = self.committed_offset(sha256)
+            if offset not in (0, committed):
+                raise UploadConflict(
+                    f"upload of {sha256[:12]} asked to resume at offset {offset} but {committed} bytes are "
+                    f"committed; resume from {committed} or restart from 0"
+                )
+            free = shutil.disk_usage(self.root).free
+            if size - offset + DISK_HEADROOM_BYTES > free:
+                raise StoreFull(
+                    f"not enough disk space for {size - offset} more bytes ({free} free in the agent's work "
+                    "directory); free some space or point --workdir at a larger disk"
+                )
             return Upload(self, sha256, size, offset)
         except BaseException:
             self._release_upload(sha256)

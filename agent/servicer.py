@@ -22,6 +22,7 @@ from agent.artifacts import (
     InvalidDigest,
     StoreFull,
     UploadConflict,
+    UploadInProgress,
 )
 from agent.jobs import JobConflict, JobManager, iterate
 from agent.runner import JobFiles
@@ -38,6 +39,7 @@ _ARTIFACT_CODES: dict[type[ArtifactError], grpc.StatusCode] = {
     ArtifactTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     StoreFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     UploadConflict: grpc.StatusCode.FAILED_PRECONDITION,
+    UploadInProgress: grpc.StatusCode.ABORTED,
     DigestMismatch: grpc.StatusCode.DATA_LOSS,
 }
 

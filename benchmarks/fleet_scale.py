@@ -131,7 +131,28 @@ def coordinator_main(args: argparse.Namespace) -> int:
                 }
             )
 
-    store = Store(Path(args.store))
+    store_ns: dict[str, list[int]] = {"record_probe": [], "set_job_status": [], "save_result": []}
+
+    class TimedStore(Store):
+        """Store that notes how long each write the dispatcher makes takes (lock waits included)."""
+
+        def record_probe(self, *a: Any, **kw: Any) -> None:
+            t0 = time.perf_counter_ns()
+            super().record_probe(*a, **kw)
+            store_ns["record_probe"].append(time.perf_counter_ns() - t0)
+
+        def set_job_status(self, *a: Any, **kw: Any) -> None:
+            t0 = time.perf_counter_ns()
+            super().set_job_status(*a, **kw)
+            store_ns["set_job_status"].append(time.perf_counter_ns() - t0)
+
+        def save_result(self, *a: Any, **kw: Any) -> bool:
+            t0 = time.perf_counter_ns()
+            saved = super().save_result(*a, **kw)
+            store_ns["save_result"].append(time.perf_counter_ns() - t0)
+            return saved
+
+    store = TimedStore(Path(args.store))
     settings = MeasurementSettings(
         warmup_iterations=2,
         min_iterations=10,
@@ -176,6 +197,7 @@ def coordinator_main(args: argparse.Namespace) -> int:
         "statuses": dict(Counter(j.status.value for j in run.jobs)),
         "results": results,
         "vm_hwm_kib": vm_hwm_kib,
+        "store_ns": store_ns,
         "samples": [len(j.result.latencies_ns) for j in run.jobs if j.result is not None],
     }
     Path(args.out).write_text(json.dumps(out))
@@ -478,6 +500,12 @@ def launcher_main(args: argparse.Namespace) -> int:
         agent_spreads.append(max(began) - min(began))
         first_dispatch.append(min(disp) - d["start_ns"])
     tails = [d["start_ns"] + d["wall_ns"] - max(r["stored"] for r in d["results"]) for d in fleet_runs]
+    pre_dispatch = [r["dispatched"] - r["probe"][0] for d in fleet_runs for r in d["results"] if r["probe"][0]]
+    probe_starts = []
+    for d in fleet_runs:
+        began = [r["probe"][0] for r in d["results"] if r["probe"][0]]
+        probe_starts.append(max(began) - min(began))
+    writes = {k: [x for d in fleet_runs for x in d["store_ns"][k]] for k in fleet_runs[0]["store_ns"]}
     in_run_probe = median([sum(d["probe_all_ns"]) for d in fleet_runs])
     dev_probe = [r["probe"][1] - r["probe"][0] for d in fleet_runs for r in d["results"] if r["probe"][0]]
 
@@ -533,6 +561,9 @@ def launcher_main(args: argparse.Namespace) -> int:
         Row("dispatcher's per-device probe (again) in a run", dist(dev_probe)),
         Row("run start -> first job dispatched (median)", ms(median(first_dispatch))),
         Row("job dispatch spread across devices (median)", ms(median(spreads))),
+        Row("  device threads' start spread (first probe call)", ms(median(probe_starts))),
+        Row("  device thread: probe start -> job dispatched", dist(pre_dispatch)),
+        *(Row(f"  Store.{k} in a {n}-agent run (lock wait incl.)", dist(v)) for k, v in writes.items()),
         Row("job process start spread across devices (median)", ms(median(agent_spreads))),
         Row(
             f"(4) coordinator peak RSS, {n} agents (max of runs)",

@@ -8,6 +8,7 @@ file once.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,10 +104,22 @@ class AgentClient:
         *,
         chunk_bytes: int = CHUNK_BYTES,
         stop_after_bytes: int | None = None,
+        wait_for_others_s: float = 1800.0,
     ) -> UploadReport:
-        """Upload `path` unless the agent has it; resume a partial upload. `stop_after_bytes` (tests) breaks
-        the stream after that many bytes, as a dropped connection would."""
+        """Upload `path` unless the agent has it; resume a partial upload. If another caller is uploading the
+        same artifact (ABORTED), wait for it (up to `wait_for_others_s`) instead of sending it twice.
+        `stop_after_bytes` (tests) breaks the stream after that many bytes, as a dropped connection would."""
         digest = digest or sha256_file(path)
+        deadline = time.monotonic() + wait_for_others_s
+        while True:
+            try:
+                return self._upload_once(path, digest, chunk_bytes, stop_after_bytes)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.ABORTED or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)
+
+    def _upload_once(self, path: Path, digest: str, chunk_bytes: int, stop_after_bytes: int | None) -> UploadReport:
         size = path.stat().st_size
         if not self.find_missing([digest]):
             return UploadReport(digest, size, 0, 0, True)
@@ -129,8 +142,7 @@ class AgentClient:
                     sent += len(chunk)
                     yield pb.UploadArtifactRequest(chunk=chunk)
 
-        # No deadline proportional guess: a large artifact over a slow link may take long; the stream is
-        # bounded by the file.
+        # No deadline: a large artifact over a slow link may take long; the stream is bounded by the file.
         response: pb.UploadArtifactResponse = self._stub.UploadArtifact(requests(), metadata=self._metadata)
         return UploadReport(digest, size, sent, offset, response.already_present)
 

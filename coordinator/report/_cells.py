@@ -274,12 +274,15 @@ def build_cell(
         memory = Memory(None, None, None, None)
         accuracy = Accuracy(None, None, None, None, None, None, None)
     else:
+        # A zero duration is the proto default, i.e. not measured (a job that failed early); a zero warm-up
+        # count is a real setting only when the job got that far.
+        reached = job.status is JobStatus.SUCCEEDED or r.warmup_iterations > 0 or r.warmup_ns > 0
         phases = Phases(
-            r.load_ns,
-            r.first_inference_ns,
-            r.warmup_iterations,
-            r.warmup_ns,
-            r.steady_wall_ns,
+            r.load_ns or None,
+            r.first_inference_ns or None,
+            r.warmup_iterations if reached else None,
+            r.warmup_ns or None,
+            r.steady_wall_ns or None,
             _stop_reason(r.stop_reason),
         )
         if r.has_memory:

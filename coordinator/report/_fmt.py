@@ -173,4 +173,42 @@ def table_row(c: Cell) -> list[str]:
     ]
 
 
+DETAIL_COLUMNS = (
+    "device",
+    "variant",
+    "runtime",
+    "first inference ms",
+    "warm-up",
+    "stop reason",
+    "RSS before MiB",
+    "after load MiB",
+    "top-1 agreement",
+    "cosine",
+    "max abs error",
+    "SNR dB",
+    "accuracy samples",
+)
+
+
+def detail_row(c: Cell) -> list[str]:
+    """Phases, memory and fidelity of a cell: the second table of the Markdown and HTML reports."""
+    ph, mem, acc = c.phases, c.memory, c.accuracy
+    warmup = DASH if ph.warmup_iterations is None else f"{ph.warmup_iterations} it, {ms_unit(ph.warmup_ns)}"
+    return [
+        c.device,
+        c.variant,
+        c.runtime,
+        ms(ph.first_inference_ns) if ph.first_inference_ns else DASH,
+        warmup,
+        (ph.stop_reason or DASH).replace("_", " "),
+        mib(mem.rss_before_load_bytes),
+        mib(mem.rss_after_load_bytes),
+        pct(acc.top1_agreement),
+        num(acc.cosine_similarity, ".4f"),
+        num(acc.max_abs_error, ".3g"),
+        num(acc.snr_db, ".1f"),
+        str(acc.samples) if acc.samples else DASH,
+    ]
+
+
 LEGEND = "★ recommended, ◆ on the latency/accuracy Pareto front; intervals are 95% (speedup: joint, see schema)."

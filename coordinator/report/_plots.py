@@ -302,7 +302,7 @@ def speedup_svg(report: Report) -> str:
                                 (j - 0.5, i - 0.5), 1, 1, facecolor=_MISSING, hatch="///", edgecolor="#aaaaaa", lw=0
                             )
                         )
-                    ax.text(j, i, text, ha="center", va="center", fontsize=8.5, color=ink)
+                    ax.text(j, i, text, ha="center", va="center", fontsize=9.5, color=ink)
             image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, aspect="auto")
             tilt = max(map(len, variants)) > 8
             ax.set_xticks(

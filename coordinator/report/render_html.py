@@ -12,8 +12,10 @@ from collections.abc import Iterable, Sequence
 
 from coordinator.report._fmt import (
     DASH,
+    DETAIL_COLUMNS,
     LEGEND,
     TABLE_COLUMNS,
+    detail_row,
     esc,
     header_lines,
     mib,
@@ -73,6 +75,17 @@ _NUMERIC = {
     "size MiB",
     "top-1 / top-5",
     "acc. drop",
+}
+
+_DETAIL_NUMERIC = {
+    "first inference ms",
+    "RSS before MiB",
+    "after load MiB",
+    "top-1 agreement",
+    "cosine",
+    "max abs error",
+    "SNR dB",
+    "accuracy samples",
 }
 
 
@@ -172,6 +185,7 @@ def _provenance(c: Cell) -> str:
             f"{ph.warmup_iterations if ph.warmup_iterations is not None else DASH} iterations, {ms_unit(ph.warmup_ns)}",
         ),
         ("stop reason", (ph.stop_reason or DASH).replace("_", " ")),
+        ("steady-state wall time", ms_unit(ph.steady_wall_ns)),
         ("accuracy basis", cmp.accuracy_basis or DASH),
         ("comparison note", cmp.note or DASH),
         ("started / finished", f"{_time(c.started_at_ns)} / {_time(c.finished_at_ns)}"),
@@ -209,7 +223,8 @@ def render_html(report: Report) -> str:
     run = report.run
     nav = [("recommendations", "Recommendations"), ("plots", "Plots")]
     nav += [(f"device-{i}", f"Device {s.device}") for i, s in enumerate(report.devices)]
-    nav += [("flags", "Validity flags"), ("failures", "Did not succeed"), ("provenance", "Provenance")]
+    nav += [("flags", "Validity flags"), ("failures", "Did not succeed"), ("details", "Phases and fidelity")]
+    nav += [("provenance", "Provenance")]
     flagged = [c for c in report.cells if c.flags]
     failed = [c for c in report.cells if c.status != "succeeded"]
     parts = [
@@ -260,6 +275,9 @@ def render_html(report: Report) -> str:
         )
         if failed
         else '<p class="muted">Every cell succeeded.</p>',
+        "</section>",
+        '<section id="details"><h2>Phases, memory and fidelity</h2>',
+        _table(DETAIL_COLUMNS, [(_row_class(c), detail_row(c)) for c in report.cells], numeric=_DETAIL_NUMERIC),
         "</section>",
         '<section id="provenance"><h2>Provenance</h2>',
         *(_provenance(c) for c in report.cells),

@@ -11,8 +11,10 @@ from collections.abc import Sequence
 
 from coordinator.report._fmt import (
     DASH,
+    DETAIL_COLUMNS,
     LEGEND,
     TABLE_COLUMNS,
+    detail_row,
     header_lines,
     md,
     mib,
@@ -88,6 +90,8 @@ def render_md(report: Report) -> str:
     failed = [c for c in report.cells if c.status != "succeeded"]
     lines += ["", "## Cells that did not succeed", ""]
     lines += [f"- {md(_where(c))}: {md(c.status)}: {md(c.message or 'no message')}" for c in failed] or ["- none"]
+    lines += ["", "## Phases, memory and fidelity", ""]
+    lines += _table(DETAIL_COLUMNS, [detail_row(c) for c in report.cells])
     lines += ["", "## Provenance", ""]
     lines += _table(
         (

@@ -167,3 +167,25 @@ def test_unknown_job_state_and_fetch_by_id(agent: LocalAgent, models: dict[str, 
         first = client.run_to_result(job)
         fetched = client.get_result(job.job_id)
     assert fetched.state == pb.JOB_STATE_FINISHED and fetched.result == first
+
+
+def test_concurrent_uploads_of_one_artifact_send_it_once(agent: LocalAgent, tmp_path: Path) -> None:
+    import os
+    import threading
+
+    blob = tmp_path / "shared.bin"
+    blob.write_bytes(os.urandom(24 * 2**20))
+    reports = []
+
+    def upload() -> None:
+        with agent.client() as client:
+            reports.append(client.upload(blob, chunk_bytes=256 * 1024))
+
+    threads = [threading.Thread(target=upload) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(reports) == 4
+    assert sum(r.sent_bytes for r in reports) == blob.stat().st_size  # sent once, the others waited
+    assert sum(not r.already_present for r in reports) == 1

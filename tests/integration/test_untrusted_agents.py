@@ -165,7 +165,6 @@ def _bad_time(field: str, seconds: int, nanos: int = 0) -> Any:
     return craft
 
 
-
 def case(name: str, craft: Any, problem: str, *marks: Any) -> Any:
     return pytest.param(craft, problem, id=name, marks=marks)
 
