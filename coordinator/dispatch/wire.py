@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any
+from typing import Any, Literal
 
 from google.protobuf import json_format
 
@@ -59,7 +59,7 @@ def _fraction(value: float, name: str, low: float = 0.0) -> float:
     return value
 
 
-def _timestamp(msg: pb.BenchmarkResult, name: str) -> int:
+def _timestamp(msg: pb.BenchmarkResult, name: Literal["started_at", "finished_at"]) -> int:
     if not msg.HasField(name):
         return 0
     try:

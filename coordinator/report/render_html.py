@@ -92,7 +92,10 @@ _DETAIL_NUMERIC = {
 def _time(ns: int | None) -> str:
     if ns is None:
         return DASH
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:  # integer seconds: a float of the largest valid timestamp rounds up into year 10000
+        return dt.datetime.fromtimestamp(ns // 10**9, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (ValueError, OverflowError, OSError):
+        return DASH
 
 
 def _table(

@@ -449,12 +449,6 @@ def test_html_report_escapes_agent_strings(evil_report: Any) -> None:
     assert SCRIPT in visible and IMG in visible
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG coordinator/report/render_html.py _time(): datetime.fromtimestamp(ns / 1e9) of the largest valid "
-    "Timestamp (9999-12-31T23:59:59.999999999Z, accepted by result_from_pb) rounds up to year 10000: ValueError",
-)
 def test_extreme_but_valid_timestamps_render_in_every_format(tmp_path: Path, model: Path) -> None:
     pkg = pytest.importorskip("coordinator.report")
 
