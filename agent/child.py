@@ -114,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # A crashing runtime must not fill the agent's disk with core files.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    envelope = json.load(sys.stdin)
+    raw = sys.stdin.read()
+    if not raw:
+        return 0  # a spare process whose agent stopped (or died) before giving it a job
+    envelope = json.loads(raw)
     if envelope.get("cpu_affinity") and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, envelope["cpu_affinity"])  # before any runtime sizes its thread pool
     job = decode(BenchmarkJob, envelope["job"])

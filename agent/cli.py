@@ -57,6 +57,10 @@ def serve(
     cpu_affinity: Annotated[
         str | None, typer.Option(help="CPUs job processes may use, e.g. '0' or '0-1,3' (Linux; default all).")
     ] = None,
+    prestart: Annotated[
+        bool | None,
+        typer.Option("--prestart/--no-prestart", help="Keep the next job's process started in advance (default on)."),
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file of settings (overridden by env and flags).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -81,6 +85,7 @@ def serve(
             max_artifact_bytes=max_artifact_bytes,
             max_cache_bytes=max_cache_bytes,
             cpu_affinity=cpu_affinity,
+            prestart_job_process=prestart,
             job_memory_bytes=None if job_memory_mb is None else job_memory_mb * 2**20,
             job_wall_time_s=job_timeout_s,
         )

@@ -23,6 +23,8 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, enum.Enum):
         return obj.value
     if isinstance(obj, (tuple, list)):
+        if obj and type(obj[0]) is int and all(type(v) is int for v in obj):
+            return list(obj)  # latency samples: no per-element recursion
         return [to_jsonable(v) for v in obj]
     return obj
 
@@ -45,6 +47,8 @@ def from_jsonable(tp: Any, data: Any) -> Any:
         if not isinstance(data, list):
             raise ValueError(f"expected a list for {tp}, got {type(data).__name__}")
         if len(args) == 2 and args[1] is Ellipsis:
+            if args[0] is int and all(type(v) is int for v in data):
+                return tuple(data)  # latency samples: up to a million, checked in one pass
             return tuple(from_jsonable(args[0], v) for v in data)
         if len(args) != len(data):
             raise ValueError(f"expected {len(args)} items for {tp}, got {len(data)}")

@@ -9,7 +9,6 @@ exception: the agent keeps serving.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -28,6 +27,7 @@ from pathlib import Path
 import psutil
 
 import agent
+from agent.jobprocess import JobProcess, JobProcessPool
 from agent.jobspec import decode, to_jsonable
 from agent.types import BenchmarkJob, BenchmarkResult, BenchmarkStatus, JobPhase, ModelFormat, Provenance
 
@@ -61,6 +61,8 @@ class RunnerConfig:
     default_memory_bytes: int = 0
     python: str = sys.executable
     cpu_affinity: tuple[int, ...] = ()
+    #: Keep one job process started ahead of need (see agent/jobprocess.py).
+    prestart: bool = True
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -79,6 +81,12 @@ class JobRunner:
         self.jobs_dir = jobs_dir
         self.config = config
         jobs_dir.mkdir(parents=True, exist_ok=True)
+        self._pool = JobProcessPool(jobs_dir, prestart=config.prestart, python=config.python)
+        self._pool.refill()
+
+    def close(self) -> None:
+        """Stop the spare job process (at agent shutdown)."""
+        self._pool.close()
 
     def _prepare(self, job: BenchmarkJob, files: JobFiles) -> tuple[Path, Path]:
         """A private folder with the model (and companions under their declared names) linked in."""
@@ -98,6 +106,7 @@ class JobRunner:
             result = self._run_child(job, folder, model, files.dataset, progress, cancel, started)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+            self._pool.refill()  # the next job's process starts now, while nothing is measuring
         prov = dataclasses.replace(result.provenance, device_id=self.config.device_id, agent_version=agent.__version__)
         return dataclasses.replace(result, provenance=prov)
 
@@ -111,39 +120,30 @@ class JobRunner:
         cancel: threading.Event,
         started: int,
     ) -> BenchmarkResult:
-        wall_ns = job.limits.wall_time_ns or self.config.default_wall_time_ns
-        mem_limit = job.limits.memory_bytes or self.config.default_memory_bytes
-        env = dict(os.environ)
-        # Make `agent` importable in the child even when run from a source tree.
-        root = str(Path(agent.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        read_fd, write_fd = os.pipe()
-        log_path = folder / "output.log"
         envelope = {
             "cpu_affinity": list(self.config.cpu_affinity),
             "job": to_jsonable(job),
             "model_path": str(model),
             "dataset_path": str(dataset) if dataset else None,
         }
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [self.config.python, "-m", "agent.child", "--event-fd", str(write_fd)],
-                stdin=subprocess.PIPE,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=folder,
-                env=env,
-                pass_fds=(write_fd,),
-                start_new_session=True,
-                close_fds=True,
-            )
-        os.close(write_fd)
-        assert proc.stdin is not None
+        child = self._pool.take()
         try:
-            proc.stdin.write(json.dumps(envelope).encode())
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass  # the child died at start; its exit status tells why
+            assert child.proc.stdin is not None
+            try:
+                child.proc.stdin.write(json.dumps(envelope).encode())
+                child.proc.stdin.close()
+            except BrokenPipeError:
+                pass  # the child died at start; its exit status tells why
+            return self._watch_child(job, child, progress, cancel, started)
+        finally:
+            child.log_path.unlink(missing_ok=True)
+
+    def _watch_child(
+        self, job: BenchmarkJob, child: JobProcess, progress: Progress, cancel: threading.Event, started: int
+    ) -> BenchmarkResult:
+        wall_ns = job.limits.wall_time_ns or self.config.default_wall_time_ns
+        mem_limit = job.limits.memory_bytes or self.config.default_memory_bytes
+        proc, read_fd, log_path = child.proc, child.event_fd, child.log_path
         watch = _Watch(proc, read_fd, progress)
         deadline = time.monotonic() + wall_ns / 1e9
         killed_for: str | None = None
@@ -156,11 +156,11 @@ class JobRunner:
             elif mem_limit and watch.rss() > mem_limit:
                 killed_for = "memory"
             if killed_for:
-                _kill_group(proc)
+                child.kill()
                 break
         code = proc.wait()
         watch.close()
-        _kill_group(proc)  # anything the job left behind in its group goes too
+        child.kill()  # anything the job left behind in its group goes too
 
         def failed(status: BenchmarkStatus, message: str) -> BenchmarkResult:
             tail = log_path.read_text(errors="replace")[-DIAGNOSTICS_CHARS:] if log_path.exists() else ""
@@ -216,11 +216,6 @@ class JobRunner:
             BenchmarkStatus.FAILED,
             f"job process exited with code {code} during {phase} without a result; see diagnostics",
         )
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 class _Watch:

@@ -105,10 +105,12 @@ class RunningAgent:
     port: int
     jobs: JobManager
     health: health.HealthServicer
+    runner: JobRunner
 
     def stop(self, grace: float = 5.0) -> None:
         self.health.enter_graceful_shutdown()
         self.jobs.shutdown()
+        self.runner.close()
         self.server.stop(grace).wait()
 
 
@@ -130,6 +132,7 @@ def build(settings: AgentSettings) -> RunningAgent:
             default_wall_time_ns=int(settings.job_wall_time_s * 1e9),
             default_memory_bytes=settings.job_memory_bytes,
             cpu_affinity=parse_cpu_list(settings.cpu_affinity) if settings.cpu_affinity else (),
+            prestart=settings.prestart_job_process,
         ),
     )
     jobs = JobManager(workdir / "results", runner.run, max_kept=settings.max_kept_results)
@@ -179,6 +182,7 @@ def build(settings: AgentSettings) -> RunningAgent:
         port = 0
     if port == 0:
         jobs.shutdown()
+        runner.close()
         raise OSError(
             f"could not bind {address}: the port is in use or the address is not one of this machine's; "
             "pick another --port (0 = any free port) or --host"
@@ -186,4 +190,4 @@ def build(settings: AgentSettings) -> RunningAgent:
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningAgent(server, port, jobs, health_servicer)
+    return RunningAgent(server, port, jobs, health_servicer, runner)

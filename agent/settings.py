@@ -53,6 +53,8 @@ class AgentSettings:
     #: CPUs job processes may use, e.g. "0" or "0-1,3" (Linux); empty = all. Emulates a smaller device and
     #: keeps measurements off the CPUs the agent's own threads use.
     cpu_affinity: str = ""
+    #: Keep the next job's process started in advance (off the job's critical path); costs its idle memory.
+    prestart_job_process: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -563,7 +563,7 @@ def launcher_main(args: argparse.Namespace) -> int:
         Row("job dispatch spread across devices (median)", ms(median(spreads))),
         Row("  device threads' start spread (first probe call)", ms(median(probe_starts))),
         Row("  device thread: probe start -> job dispatched", dist(pre_dispatch)),
-        *(Row(f"  Store.{k} in a {n}-agent run (lock wait incl.)", dist(v)) for k, v in writes.items()),
+        *(Row(f"  Store.{k} wall time in a {n}-agent run (waits incl.)", dist(v)) for k, v in writes.items()),
         Row("job process start spread across devices (median)", ms(median(agent_spreads))),
         Row(
             f"(4) coordinator peak RSS, {n} agents (max of runs)",

@@ -123,7 +123,9 @@ def start_run(
     store.create_run(spec, built, jobs)
     for found in probes.values():
         store.record_probe(spec.run_id, found)
-    return (dispatcher or Dispatcher(store, on_event=on_event)).execute(spec.run_id, {d.name: d for d in chosen})
+    return (dispatcher or Dispatcher(store, on_event=on_event)).execute(
+        spec.run_id, {d.name: d for d in chosen}, probes
+    )
 
 
 def resume_run(

@@ -4,7 +4,9 @@ Its "model" is a small JSON file describing inputs and outputs, e.g.
     {"inputs": [{"name": "input", "shape": [1, 16], "dtype": "float32"}], "num_classes": 10}
 Its output is the first `num_classes` values of each flattened sample (zero-padded), so accuracy and
 fidelity passes have something real to compute. Options (RuntimeConfig.options) simulate behaviour the
-fault tests need: `latency_ns` (busy-wait per run), `load_ns` (busy-wait at load), `allocate_mb` (memory
+fault tests need: `latency_ns` (busy-wait per run), `sleep_ns` (sleep per run: a device whose accelerator
+does the work while the host CPU waits, used to simulate many devices on one machine), `load_ns`
+(busy-wait at load), `allocate_mb` (memory
 touched at load), `crash` ("load" or "run": the process aborts), `hang_s` (sleep at load).
 """
 
@@ -38,6 +40,7 @@ class NullSession:
         latency_ns: int,
         crash_on_run: bool,
         ballast: Any,
+        sleep_ns: int = 0,
     ) -> None:
         import numpy as np
 
@@ -46,6 +49,7 @@ class NullSession:
         self._num_classes = num_classes
         self._outputs = (TensorInfo("logits", (inputs[0].shape[0], num_classes), "float32"),)
         self._latency_ns = latency_ns
+        self._sleep_s = sleep_ns / 1e9
         self._crash_on_run = crash_on_run
         self._ballast = ballast
 
@@ -62,6 +66,8 @@ class NullSession:
             os.abort()
         if self._latency_ns:
             _busy_wait(self._latency_ns)
+        if self._sleep_s:
+            time.sleep(self._sleep_s)
         x = feeds[self._inputs[0].name]
         flat = x.reshape(x.shape[0], -1)[:, : self._num_classes].astype(self._np.float32)
         if flat.shape[1] < self._num_classes:
@@ -119,7 +125,14 @@ class NullBackend:
             ) from None
         if not inputs:
             raise ModelLoadError("null-runtime model declares no inputs")
-        return NullSession(inputs, num_classes, _int_option(config, "latency_ns"), crash == "run", ballast)
+        return NullSession(
+            inputs,
+            num_classes,
+            _int_option(config, "latency_ns"),
+            crash == "run",
+            ballast,
+            sleep_ns=_int_option(config, "sleep_ns"),
+        )
 
 
 BACKEND = NullBackend()

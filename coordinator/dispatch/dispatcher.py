@@ -87,8 +87,10 @@ class Dispatcher:
         self._connect = connect_fn
         self._probe = probe_fn
 
-    def execute(self, run_id: str, devices: dict[str, Device]) -> RunData:
-        """Run every job of `run_id` without a final status; return the run as stored afterwards."""
+    def execute(self, run_id: str, devices: dict[str, Device], probes: dict[str, DeviceProbe] | None = None) -> RunData:
+        """Run every job of `run_id` without a final status; return the run as stored afterwards. `probes`
+        taken moments ago (when the run was planned) are reused; devices without one are probed first."""
+        fresh = probes or {}
         run = self._store.load_run(run_id)
         by_device: dict[str, list[JobRecord]] = {}
         for job in run.jobs:
@@ -98,12 +100,12 @@ class Dispatcher:
         workers = min(128, len(by_device), self._device_concurrency or len(by_device))
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             futures = [
-                pool.submit(self._device, run, devices.get(name), name, jobs, variants)
+                pool.submit(self._device, run, devices.get(name), name, jobs, variants, fresh.get(name))
                 for name, jobs in by_device.items()
             ]
             for f in futures:
                 f.result()
-        if all(j.status.final for j in self._store.jobs(run_id)):
+        if all(status.final for status in self._store.job_statuses(run_id)):
             self._store.finish_run(run_id)
         return self._store.load_run(run_id)
 
@@ -119,7 +121,13 @@ class Dispatcher:
             )
 
     def _device(
-        self, run: RunData, device: Device | None, name: str, jobs: list[JobRecord], variants: dict[str, Variant]
+        self,
+        run: RunData,
+        device: Device | None,
+        name: str,
+        jobs: list[JobRecord],
+        variants: dict[str, Variant],
+        found: DeviceProbe | None = None,
     ) -> None:
         if device is None:
             self._fail_all(
@@ -128,8 +136,9 @@ class Dispatcher:
                 f"device {name} is no longer registered (`edgebench fleet add` it again, then --resume)",
             )
             return
-        found = self._probe(device)
-        self._store.record_probe(run.spec.run_id, found)
+        if found is None:
+            found = self._probe(device)
+            self._store.record_probe(run.spec.run_id, found)
         self._emit(DispatchEvent(name, "device", message="online" if found.online else found.error))
         runnable = []
         for job in jobs:

@@ -53,12 +53,13 @@ def _migrations() -> list[tuple[int, str]]:
 
 def encode_samples(samples: Sequence[int]) -> bytes:
     arr = np.asarray(samples, dtype="<i8")
-    return zlib.compress(np.diff(arr, prepend=np.int64(0)).astype("<i8").tobytes(), 6)
+    # Level 1: ~10x faster than the default for ~20% more bytes (still ~3-4 bytes per sample).
+    return zlib.compress(np.diff(arr, prepend=np.int64(0)).astype("<i8").tobytes(), 1)
 
 
 def decode_samples(blob: bytes) -> tuple[int, ...]:
     deltas = np.frombuffer(zlib.decompress(blob), dtype="<i8")
-    return tuple(int(x) for x in np.cumsum(deltas))
+    return tuple(np.cumsum(deltas).tolist())
 
 
 def _dump(obj: Any) -> str:
@@ -249,17 +250,20 @@ class Store:
 
     def save_result(self, job_id: str, result: ResultData) -> bool:
         """Commit a final result and the job's status together. Returns False if one was already stored."""
-        fields = dataclasses.asdict(result)
+        # asdict deep-copies; leave the (large) sample tuple out of it, it is stored separately.
+        fields = dataclasses.asdict(dataclasses.replace(result, latencies_ns=()))
         fields.pop("latencies_ns")
         fields["status"] = result.status.value
+        samples = encode_samples(result.latencies_ns)
+        result_json = json.dumps(fields)
         with self._tx() as tx:
             inserted = tx.execute(
                 "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?)",
                 (
                     job_id,
-                    encode_samples(result.latencies_ns),
+                    samples,
                     len(result.latencies_ns),
-                    json.dumps(fields),
+                    result_json,
                     time.time_ns(),
                 ),
             ).rowcount
@@ -300,6 +304,10 @@ class Store:
             if r["status"]:
                 entry["jobs"][r["status"]] = r["n"]
         return list(out.values())
+
+    def job_statuses(self, run_id: str) -> list[JobStatus]:
+        """Statuses only (no results decoded): cheap enough to ask after every job."""
+        return [JobStatus(r[0]) for r in self._query("SELECT status FROM jobs WHERE run_id = ?", (run_id,))]
 
     def latest_run_id(self) -> str | None:
         rows = self._query("SELECT run_id FROM runs ORDER BY created_at_ns DESC LIMIT 1")
