@@ -1,0 +1,211 @@
+"""Builds the variants a recipe list asks for: torch steps, one checked export, ONNX steps, a manifest.
+
+Results are cached by (source model sha256, canonical recipe, dataset sha256): a cached variant is reused
+only if its file still hashes to what its manifest recorded, so a corrupted cache entry is rebuilt, never
+benchmarked. A technique that does not apply yields a skipped variant with the reason; a bad recipe or
+parameter raises RecipeError.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import json
+import shutil
+import tempfile
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coordinator.compress.base import DataSplits, Log, NotApplicable, RecipeError, StepReport
+from coordinator.compress.recipe import MODULES, Recipe
+
+CACHE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    """The model to compress: an ONNX file, or a PyTorch module (with an example input shape for export)."""
+
+    sha256: str
+    onnx_path: Path | None = None
+    torch_model: Any = None
+    example_shape: tuple[int, ...] = ()
+    description: str = ""
+
+
+@dataclass
+class BuiltVariant:
+    recipe: Recipe
+    path: Path | None
+    sha256: str = ""
+    skipped: str = ""
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(4 * 2**20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def zip_size(path: Path) -> int:
+    """Size after DEFLATE (what sparse weights buy in storage and download)."""
+    return len(zlib.compress(path.read_bytes(), 6))
+
+
+def top1_onnx(path: Path, data: DataSplits) -> float | None:
+    """Top-1 accuracy of an ONNX model on the held-out split (None without labels)."""
+    if data.test.labels is None:
+        return None
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    declared = session.get_inputs()[0]
+    step = declared.shape[0] if isinstance(declared.shape[0], int) and declared.shape[0] > 0 else 256
+    usable = len(data.test) - len(data.test) % step if step > 1 else len(data.test)
+    correct = 0
+    for start in range(0, usable, step):
+        batch = data.test.inputs[start : start + step].astype(np.float32)
+        logits = session.run(None, {declared.name: batch})[0]
+        correct += int((logits.argmax(axis=1) == data.test.labels[start : start + step]).sum())
+    return correct / usable if usable else None
+
+
+def _technique(name: str) -> Any:
+    return importlib.import_module(MODULES[name]).TECHNIQUE
+
+
+def _export(model: Any, example_shape: tuple[int, ...], target: Path) -> None:
+    import torch
+
+    from coordinator.convert.onnx_export import export_onnx
+
+    export_onnx(model, torch.zeros(example_shape, dtype=torch.float32), target)
+
+
+class VariantBuilder:
+    def __init__(self, cache_dir: Path, log: Log = lambda _m: None) -> None:
+        self.cache_dir = cache_dir
+        self.log = log
+        cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def baseline(self, source: SourceModel) -> Path:
+        """The uncompressed model as ONNX (exported once and cached when the source is PyTorch)."""
+        if source.onnx_path is not None:
+            return source.onnx_path
+        target = self.cache_dir / f"{source.sha256[:16]}-fp32.onnx"
+        if not target.exists():
+            self.log("exporting the PyTorch model to ONNX (numerically checked)")
+            tmp = target.with_suffix(".tmp.onnx")
+            _export(source.torch_model, source.example_shape, tmp)
+            tmp.replace(target)
+        return target
+
+    def build(self, source: SourceModel, recipe: Recipe, data: DataSplits | None, dataset_sha256: str) -> BuiltVariant:
+        if recipe.is_baseline:
+            path = self.baseline(source)
+            return BuiltVariant(recipe, path, sha256_file(path), manifest={"recipe": "fp32", "parent_sha256": ""})
+        key = hashlib.sha256(f"{CACHE_VERSION}|{source.sha256}|{recipe.name}|{dataset_sha256}".encode()).hexdigest()
+        folder = self.cache_dir / key[:24]
+        cached = self._cached(folder)
+        if cached is not None:
+            return BuiltVariant(recipe, folder / "variant.onnx", cached["sha256"], cached.get("skipped", ""), cached)
+        try:
+            manifest = self._build(source, recipe, data, folder)
+        except NotApplicable as exc:
+            manifest = {"recipe": recipe.name, "skipped": str(exc), "parent_sha256": source.sha256}
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            return BuiltVariant(recipe, None, skipped=str(exc), manifest=manifest)
+        return BuiltVariant(recipe, folder / "variant.onnx", manifest["sha256"], manifest=manifest)
+
+    def _cached(self, folder: Path) -> dict[str, Any] | None:
+        manifest_path = folder / "manifest.json"
+        if not manifest_path.exists():
+            return None
+        try:
+            manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        except ValueError:
+            manifest = {}
+        if manifest.get("skipped"):
+            return manifest
+        variant = folder / "variant.onnx"
+        if manifest.get("sha256") and variant.exists() and sha256_file(variant) == manifest["sha256"]:
+            self.log(f"using cached variant {manifest.get('recipe')}")
+            return manifest
+        self.log(f"cached variant in {folder.name} is corrupted (hash mismatch); rebuilding it")
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+    def _build(self, source: SourceModel, recipe: Recipe, data: DataSplits | None, folder: Path) -> dict[str, Any]:
+        if data is None:
+            raise RecipeError(f"{recipe.name}: compression needs a dataset (--dataset D.npz, see README 'Datasets')")
+        reports: list[StepReport] = []
+        torch_steps = [s for s in recipe.steps if s.stage == "torch"]
+        onnx_steps = [s for s in recipe.steps if s.stage == "onnx"]
+        with tempfile.TemporaryDirectory(prefix="edgebench-compress-") as tmp:
+            current = Path(tmp) / "step0.onnx"
+            if torch_steps:
+                if source.torch_model is None:
+                    raise NotApplicable(
+                        f"{torch_steps[0].technique} needs the PyTorch model (give the model as "
+                        "package.module:factory or a .pt2 program), not an ONNX file"
+                    )
+                model = copy.deepcopy(source.torch_model)
+                for step in torch_steps:
+                    started = time.monotonic()
+                    self.log(f"{recipe.name}: {step.technique}")
+                    model, report = _technique(step.technique).apply(model, data, dict(step.params), self.log)
+                    report.seconds = time.monotonic() - started
+                    reports.append(report)
+                model.eval()
+                _export(model, source.example_shape, current)
+            else:
+                shutil.copyfile(self.baseline(source), current)
+            for i, step in enumerate(onnx_steps, start=1):
+                started = time.monotonic()
+                self.log(f"{recipe.name}: {step.technique}")
+                target = Path(tmp) / f"step{i}.onnx"
+                report = _technique(step.technique).apply(current, target, data, dict(step.params), self.log)
+                report.seconds = time.monotonic() - started
+                reports.append(report)
+                current = target
+            folder.mkdir(parents=True, exist_ok=True)
+            final = folder / "variant.onnx"
+            shutil.copyfile(current, final)
+        baseline = self.baseline(source)
+        manifest = {
+            "recipe": recipe.name,
+            "parent_sha256": source.sha256,
+            "sha256": sha256_file(final),
+            "size_bytes": final.stat().st_size,
+            "zip_bytes": zip_size(final),
+            "baseline_size_bytes": baseline.stat().st_size,
+            "accuracy_top1": top1_onnx(final, data),
+            "baseline_accuracy_top1": top1_onnx(baseline, data),
+            "steps": [
+                {"technique": r.technique, "params": r.params, "seconds": round(r.seconds, 2), "notes": r.notes}
+                for r in reports
+            ],
+        }
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        return manifest
+
+
+def build_all(
+    builder: VariantBuilder,
+    source: SourceModel,
+    recipes: Sequence[Recipe],
+    data: DataSplits | None,
+    dataset_sha256: str,
+) -> list[BuiltVariant]:
+    return [builder.build(source, r, data, dataset_sha256) for r in recipes]
