@@ -8,62 +8,23 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from coordinator.compress.base import RecipeError
 from coordinator.dispatch.client import sha256_file
 from coordinator.dispatch.dispatcher import Dispatcher, OnEvent
 from coordinator.dispatch.plan import default_runtimes, plan_jobs
 from coordinator.fleet import probe_all
+from coordinator.prepare import prepare
 from coordinator.store.sqlite import Store
-from coordinator.types import Device, MeasurementSettings, RunData, RunSpec, Variant
+from coordinator.types import Device, MeasurementSettings, RunData, RunSpec
 
-SUFFIX_FORMATS = {
-    ".onnx": "onnx",
-    ".xml": "openvino_ir",
-    ".tflite": "tflite",
-    ".mlpackage": "coreml",
-    ".pt2": "torch_export",
-    ".json": "null",
-}
-KNOWN_VARIANTS = ("fp32",)
 DEFAULT_SETTINGS = MeasurementSettings()
 
 
 class RunError(ValueError):
     """The run cannot start; the message says what to fix."""
-
-
-def model_format(path: Path) -> str:
-    try:
-        return SUFFIX_FORMATS[path.suffix.lower()]
-    except KeyError:
-        raise RunError(
-            f"{path.name}: unknown model format {path.suffix!r}; edgebench runs "
-            f"{', '.join(sorted(SUFFIX_FORMATS))} files"
-        ) from None
-
-
-def build_variants(model: Path, names: Sequence[str]) -> list[Variant]:
-    """The artifacts to benchmark, in the order given. Unknown recipes are an error naming the known ones."""
-    if not model.is_file():
-        raise RunError(f"model file {model} does not exist")
-    unknown = [n for n in names if n not in KNOWN_VARIANTS]
-    if unknown:
-        raise RunError(f"unknown variant(s) {', '.join(unknown)}; available: {', '.join(KNOWN_VARIANTS)}")
-    sha = sha256_file(model)
-    return [
-        Variant(
-            name="fp32",
-            path=str(model.resolve()),
-            sha256=sha,
-            format=model_format(model),
-            size_bytes=model.stat().st_size,
-            recipe="fp32",
-            notes="the model as given",
-        )
-        for _ in names[:1]
-    ]
 
 
 def resolve_devices(store: Store, selection: str) -> list[Device]:
@@ -87,7 +48,7 @@ def new_run_id() -> str:
 def start_run(
     store: Store,
     *,
-    model: Path,
+    model: Path | str,
     dataset: Path | None,
     devices: str = "all",
     runtimes: Sequence[str] = (),
@@ -96,20 +57,26 @@ def start_run(
     name: str = "",
     on_event: OnEvent | None = None,
     dispatcher: Dispatcher | None = None,
+    weights: Path | None = None,
+    input_shape: str = "",
+    log: Callable[[str], None] = lambda _m: None,
 ) -> RunData:
-    """Plan a run, store it (every job before the first is sent), then dispatch it."""
+    """Build the variants, plan a run, store it (every job before the first is sent), then dispatch it."""
     chosen = resolve_devices(store, devices)
-    built = build_variants(model, variants)
-    if dataset is not None and not dataset.is_file():
-        raise RunError(f"dataset file {dataset} does not exist")
+    try:
+        prepared = prepare(str(model), ",".join(variants), dataset, store.path.parent / "cache", weights=weights,
+                           input_shape=input_shape, log=log)
+    except RecipeError as exc:
+        raise RunError(str(exc)) from None
+    built, dataset = prepared.variants, prepared.dataset
     probes = probe_all(chosen)
     runtime_names = tuple(runtimes) or default_runtimes(probes.values(), built)
     if not runtime_names:
         raise RunError("no device offers a runtime for this model's format; see `edgebench fleet list`")
     spec = RunSpec(
         run_id=new_run_id(),
-        name=name or model.stem,
-        model_path=str(model.resolve()),
+        name=name or prepared.label,
+        model_path=str(model),
         dataset_path=str(dataset.resolve()) if dataset else "",
         dataset_sha256=sha256_file(dataset) if dataset else "",
         devices=tuple(d.name for d in chosen),
@@ -134,6 +101,8 @@ def resume_run(
     """Run only the jobs of `run_id` that have no final result (unreachable, cancelled, interrupted)."""
     run = store.load_run(run_id)
     for variant in run.variants:
+        if not variant.sha256:
+            continue  # a variant that was not built (its cells are SKIPPED)
         path = Path(variant.path)
         if not path.is_file() or sha256_file(path) != variant.sha256:
             raise RunError(

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from coordinator.cli import demo, fleet, report, run
+from coordinator.cli import compress, demo, fleet, report, run
 from coordinator.cli.common import STATE
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.command("run")(run.run)
 app.command("runs")(report.runs)
 app.command("report")(report.report)
 app.command("demo")(demo.demo)
+app.command("compress")(compress.compress)
 
 
 @app.callback()

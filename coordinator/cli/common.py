@@ -70,7 +70,8 @@ def open_store() -> Iterator[Store]:
 
 def expected_errors() -> tuple[type[Exception], ...]:
     """Errors that are the user's input, printed without a traceback."""
+    from coordinator.compress.base import RecipeError
     from coordinator.fleet import DeviceConfigError
     from coordinator.runs import RunError
 
-    return (RunError, DeviceConfigError, FileNotFoundError)
+    return (RunError, RecipeError, DeviceConfigError, FileNotFoundError)

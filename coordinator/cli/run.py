@@ -17,12 +17,17 @@ if TYPE_CHECKING:
 
 def run(
     model: Annotated[
-        Path | None, typer.Argument(help="Model file (.onnx; .json = null-runtime spec for tests).")
+        str | None,
+        typer.Argument(help="A .onnx file, a .pt2 program, package.module:factory (with --weights), or 'builtin'."),
     ] = None,
     dataset: Annotated[Path | None, typer.Option(help=".npz with 'inputs' [, 'labels', 'reference_outputs'].")] = None,
     devices: Annotated[str, typer.Option(help="'all' or a comma-separated list of device names.")] = "all",
     runtimes: Annotated[str, typer.Option(help="Comma-separated runtimes (default: every one a device offers).")] = "",
-    variants: Annotated[str, typer.Option(help="Comma-separated variants to build and benchmark.")] = "fp32",
+    variants: Annotated[
+        str, typer.Option(help="Comma-separated recipes, e.g. fp32,prune:0.5,channels:0.5+int8,int8,fp16 (README).")
+    ] = "fp32",
+    weights: Annotated[Path | None, typer.Option(help="State dict for a package.module:factory model.")] = None,
+    input_shape: Annotated[str, typer.Option(help="Input shape of a PyTorch model, e.g. 1,3,224,224.")] = "",
     batch: Annotated[int, typer.Option(min=1, help="Batch size.")] = 1,
     threads: Annotated[int, typer.Option(min=0, help="Intra-op threads (0 = the runtime's default).")] = 0,
     warmup: Annotated[int, typer.Option(min=0, help="Warm-up iterations.")] = 10,
@@ -86,7 +91,10 @@ def run(
                         dataset=dataset,
                         devices=devices,
                         runtimes=[r for r in runtimes.split(",") if r],
-                        variants=[v for v in variants.split(",") if v],
+                        variants=[variants],
+                        weights=weights,
+                        input_shape=input_shape,
+                        log=lambda m: console.print(m, markup=False, highlight=False),
                         settings=settings,
                         name=name,
                         dispatcher=Dispatcher(store, on_event=progress, device_concurrency=device_concurrency),

@@ -25,6 +25,8 @@ def job_id(run_id: str, device: str, variant: str, runtime: str, attempt: int = 
 
 def cell_verdict(probe: DeviceProbe, variant: Variant, runtime: str) -> tuple[JobStatus, str]:
     """Whether a device can run a variant on a runtime: PENDING, or a non-runnable status with the reason."""
+    if not variant.sha256:
+        return JobStatus.SKIPPED, f"variant {variant.name} {variant.notes}"
     if not probe.online:
         return JobStatus.UNREACHABLE, f"device {probe.name} unreachable: {probe.error}"
     if not probe.compatible:

@@ -1,0 +1,78 @@
+"""`edgebench compress`: build variants of a model from recipes, each with a JSON manifest."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from coordinator.cli.common import ListFormat, default_db, expected_errors, fail
+
+
+def compress(
+    model: Annotated[str, typer.Argument(help="A .onnx file, a .pt2 program, package.module:factory, or 'builtin'.")],
+    variants: Annotated[str, typer.Option(help="Comma-separated recipes (see README, 'Compression').")] = "fp32",
+    output_dir: Annotated[Path, typer.Option("-o", "--output-dir", help="Where variants and manifests go.")] = Path(
+        "variants"
+    ),
+    dataset: Annotated[Path | None, typer.Option(help=".npz with inputs/labels and train/calibration splits.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="State dict for a package.module:factory model.")] = None,
+    input_shape: Annotated[str, typer.Option(help="Input shape of a PyTorch model, e.g. 1,3,224,224.")] = "",
+    output: Annotated[ListFormat, typer.Option("--format", help="table or json.")] = ListFormat.table,
+) -> None:
+    """Write each variant as DIR/<recipe>.onnx with DIR/<recipe>.json (recipe, parent sha256, sizes, accuracy
+    on the held-out split, what each step did). Results are cached by (model, recipe, dataset)."""
+    from coordinator.prepare import prepare
+
+    try:
+        prepared = prepare(
+            model,
+            variants,
+            dataset,
+            default_db().parent / "cache",
+            weights=weights,
+            input_shape=input_shape,
+            log=lambda m: typer.echo(m, err=True),
+        )
+    except expected_errors() as exc:
+        fail(str(exc))
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for v in prepared.variants:
+        stem = re.sub(r"[^A-Za-z0-9_.=-]+", "_", v.name)
+        entry = {
+            "variant": v.name,
+            "sha256": v.sha256,
+            "size_bytes": v.size_bytes,
+            "zip_bytes": v.compressed_bytes,
+            "skipped": v.notes.removeprefix("not built: ") if not v.sha256 else "",
+        }
+        if v.sha256:
+            shutil.copyfile(v.path, output_dir / f"{stem}.onnx")
+            manifest_path = Path(v.path).parent / "manifest.json"
+            manifest = (
+                json.loads(manifest_path.read_text())
+                if manifest_path.exists() and v.recipe != "fp32"
+                else {"recipe": "fp32", "sha256": v.sha256, "size_bytes": v.size_bytes}
+            )
+            (output_dir / f"{stem}.json").write_text(json.dumps(manifest, indent=2, default=str))
+            entry["accuracy_top1"] = manifest.get("accuracy_top1")
+        rows.append(entry)
+    if output is ListFormat.json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        if r["skipped"]:
+            typer.echo(f"{r['variant']:<40} skipped: {r['skipped']}")
+        else:
+            acc = r.get("accuracy_top1")
+            acc_text = f"top-1 {acc:.3f}" if isinstance(acc, float) else ""
+            typer.echo(
+                f"{r['variant']:<40} {r['size_bytes'] / 1e6:8.2f} MB  zip {r['zip_bytes'] / 1e6:6.2f} MB  {acc_text}"
+            )
+    typer.echo(f"wrote {sum(1 for r in rows if not r['skipped'])} variant(s) to {output_dir}")
