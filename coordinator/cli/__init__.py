@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from coordinator.cli import compress, demo, fleet, report, run
+from coordinator.cli import analyze, compress, demo, fleet, report, run
 from coordinator.cli.common import STATE
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app.command("runs")(report.runs)
 app.command("report")(report.report)
 app.command("demo")(demo.demo)
 app.command("compress")(compress.compress)
+app.command("analyze")(analyze.analyze)
 
 
 @app.callback()

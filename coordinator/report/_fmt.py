@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+from typing import Any
 
 from coordinator.report.schema import Cell, Report
 
@@ -212,3 +213,40 @@ def detail_row(c: Cell) -> list[str]:
 
 
 LEGEND = "★ recommended, ◆ on the latency/accuracy Pareto front; intervals are 95% (speedup: joint, see schema)."
+
+
+SEED_COLUMNS = (
+    "device",
+    "runtime",
+    "technique",
+    "variant",
+    "size % (zip %)",
+    "speed x",
+    "accuracy kept",
+    "seed: size",
+    "seed: speed",
+    "seed: accuracy",
+    "note",
+)
+
+
+def seed_row(r: Any) -> list[str]:
+    """One row of the seed-claims table (r: report.seed.SeedRow)."""
+    size = DASH if r.size_percent is None else f"{r.size_percent:.0f}%"
+    if r.zip_percent is not None:
+        size += f" ({r.zip_percent:.0f}%)"
+    speed = DASH if r.speedup is None else f"{r.speedup:.2f}x"
+    kept = DASH if r.accuracy_kept_percent is None else f"{r.accuracy_kept_percent:.1f}%"
+    return [
+        r.device,
+        r.runtime,
+        r.technique,
+        r.variant or DASH,
+        size,
+        speed,
+        kept,
+        r.claimed_size,
+        r.claimed_speedup,
+        r.claimed_accuracy_kept,
+        r.note,
+    ]

@@ -34,6 +34,7 @@ from coordinator.report.schema import (
     Thresholds,
     VariantInfo,
 )
+from coordinator.report.seed import seed_rows
 from coordinator.types import DeviceProbe, JobRecord, RunData
 
 __all__ = [
@@ -131,6 +132,12 @@ def build_report(run: RunData, *, max_accuracy_drop: float = 0.01, cv_threshold:
     probes = {p.name: p for p in run.devices}
     infos = {d: _device_info(probes.get(d)) for d in devices}
     cells, summaries, rows = summarize_devices(cells, devices, infos, spec.baseline, max_accuracy_drop)
+    run_variants = tuple(
+        VariantInfo(
+            v.name, v.format, v.sha256, v.size_bytes, v.compressed_bytes or None, v.recipe, v.parent_sha256, v.notes
+        )
+        for v in sorted(run.variants, key=lambda v: rank["variant"].get(v.name, len(rank["variant"])))
+    )
     s = spec.settings
     return Report(
         schema_version=SCHEMA_VERSION,
@@ -158,13 +165,9 @@ def build_report(run: RunData, *, max_accuracy_drop: float = 0.01, cv_threshold:
             finished_at_ns=run.finished_at_ns or None,
         ),
         thresholds=thresholds,
-        variants=tuple(
-            VariantInfo(
-                v.name, v.format, v.sha256, v.size_bytes, v.compressed_bytes or None, v.recipe, v.parent_sha256, v.notes
-            )
-            for v in sorted(run.variants, key=lambda v: rank["variant"].get(v.name, len(rank["variant"])))
-        ),
+        variants=run_variants,
         devices=tuple(summaries),
         cells=tuple(cells),
         cross_device=tuple(rows),
+        seed_table=seed_rows(cells, run_variants, spec.baseline),
     )

@@ -14,6 +14,7 @@ from coordinator.report._fmt import (
     DASH,
     DETAIL_COLUMNS,
     LEGEND,
+    SEED_COLUMNS,
     TABLE_COLUMNS,
     detail_row,
     esc,
@@ -23,6 +24,7 @@ from coordinator.report._fmt import (
     notes_text,
     pp,
     ratio,
+    seed_row,
     table_row,
 )
 from coordinator.report.schema import Cell, DeviceSummary, Environment, Report
@@ -221,6 +223,22 @@ def _plots(report: Report) -> str:
     return "".join(f"<figure>{fn(report)}<figcaption>{esc(caption)}</figcaption></figure>" for fn, caption in figures)
 
 
+def _seed_section(report: Report) -> str:
+    if not report.seed_table:
+        return ""
+    return (
+        '<section id="seed"><h2>The seed document\'s claims, measured</h2>'
+        '<p class="muted">Size as % of the uncompressed model (zip size in brackets), speed-up and accuracy kept, '
+        "measured in this run on each device, beside the ranges the seed document claims.</p>"
+        + _table(
+            SEED_COLUMNS,
+            [("", seed_row(r)) for r in report.seed_table],
+            numeric={"size % (zip %)", "speed x", "accuracy kept"},
+        )
+        + "</section>"
+    )
+
+
 def render_html(report: Report) -> str:
     """The whole page as a string (UTF-8 declared in a meta tag). Deterministic for a given report."""
     run = report.run
@@ -261,6 +279,7 @@ def render_html(report: Report) -> str:
             numeric={"median", "speedup", "accuracy drop", "peak MiB"},
         ),
         "</section>",
+        _seed_section(report),
         f'<section id="plots"><h2>Plots</h2>{_plots(report)}</section>',
         *(_device_section(i, report, s) for i, s in enumerate(report.devices)),
         '<section id="flags"><h2>Validity flags</h2>',

@@ -13,6 +13,7 @@ from coordinator.report._fmt import (
     DASH,
     DETAIL_COLUMNS,
     LEGEND,
+    SEED_COLUMNS,
     TABLE_COLUMNS,
     detail_row,
     header_lines,
@@ -22,6 +23,7 @@ from coordinator.report._fmt import (
     notes_text,
     pp,
     ratio,
+    seed_row,
     table_row,
 )
 from coordinator.report.schema import Cell, DeviceSummary, Report
@@ -82,6 +84,10 @@ def render_md(report: Report) -> str:
         ],
     )
     lines.append("")
+    if report.seed_table:
+        lines += ["## The seed document's claims, measured", ""]
+        lines += _table(SEED_COLUMNS, [seed_row(r) for r in report.seed_table])
+        lines.append("")
     for summary in report.devices:
         lines += _device_section(report, summary)
     flagged = [c for c in report.cells if c.flags]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 #: Bumped on any change of field names, types or meanings (additions included); see schema.md.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 VALID = "VALID"
 INVALID = "INVALID"
@@ -280,6 +280,8 @@ class Report:
     devices: tuple[DeviceSummary, ...]
     cells: tuple[Cell, ...]
     cross_device: tuple[CrossDeviceRow, ...]
+    #: The seed document's compression claims beside this run's measurements (coordinator/report/seed.py).
+    seed_table: tuple[Any, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form: field order as declared, tuples as lists, non-finite floats as None."""

@@ -48,7 +48,7 @@ def test_one_cell_per_job_in_spec_order(run: RunData, report: Report) -> None:
     assert len(report.cells) == len(run.jobs) == 12
     assert [c.device for c in report.cells[:6]] == ["rpi5"] * 6
     assert [(c.variant, c.runtime) for c in report.cells[:2]] == [("fp32", "onnxruntime"), ("fp32", "tflite")]
-    assert report.schema_version == SCHEMA_VERSION == 1
+    assert report.schema_version == SCHEMA_VERSION == 2
 
 
 def test_latency_statistics_are_exactly_protos_stats(run: RunData, report: Report) -> None:
@@ -237,7 +237,7 @@ def test_untrusted_provenance_of_the_wrong_shape_is_ignored(run: RunData) -> Non
 
 def test_report_is_json_ready_and_deterministic(run: RunData, report: Report) -> None:
     text = json.dumps(report.to_dict(), allow_nan=False)
-    assert json.loads(text)["schema_version"] == 1
+    assert json.loads(text)["schema_version"] == 2
     assert build_report(run) == report
 
 
@@ -283,3 +283,15 @@ def test_fifty_cells_of_ten_thousand_samples_in_under_a_second(run: RunData) -> 
     elapsed = time.process_time() - start
     assert len(built.cells) == 50
     assert elapsed < 1.0, elapsed
+
+
+def test_seed_table_puts_claims_beside_measurements(report: Report) -> None:
+    rows = report.seed_table
+    techniques = {r.technique for r in rows}
+    assert "architecture search" in techniques  # always listed, with why it was not measured
+    assert all(r.note == "not implemented in edgebench" for r in rows if r.technique == "architecture search")
+    assert all(r.claimed_size and r.claimed_speedup and r.claimed_accuracy_kept for r in rows)
+    measured = [r for r in rows if r.variant and r.speedup is not None]
+    for r in measured:
+        cell = next(c for c in report.cells if (c.device, c.runtime, c.variant) == (r.device, r.runtime, r.variant))
+        assert r.speedup == cell.comparison.speedup
