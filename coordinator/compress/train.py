@@ -198,7 +198,7 @@ def fit(model: nn.Module, train: Split, *, epochs: int, lr: float, seed: int, te
                             target = teacher(x)
                         loss = distillation_loss(out, target, y, temperature, alpha)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    loss.backward()  # type: ignore[no-untyped-call]
                     optimizer.step()
                     total += float(loss.item()) * len(index)
                 losses.append(total / n)
