@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from coordinator.compress.base import RecipeError, load_splits
-from coordinator.compress.pipeline import VariantBuilder, build_all, sha256_file
+from coordinator.compress.pipeline import VariantBuilder, build_all, sha256_file, zip_size
 from coordinator.compress.recipe import parse_recipes
 from coordinator.models.sources import BUILTIN, resolve_source
 from coordinator.types import Variant
@@ -146,7 +146,7 @@ def prepare(
                 b.path.stat().st_size,
                 recipe=b.recipe.name,
                 parent_sha256=b.manifest.get("parent_sha256", ""),
-                compressed_bytes=int(b.manifest.get("zip_bytes", 0) or 0),
+                compressed_bytes=int(b.manifest.get("zip_bytes", 0) or 0) or zip_size(b.path),
                 notes=source.description if b.recipe.is_baseline else "",
             )
         )

@@ -64,8 +64,15 @@ def start_run(
     """Build the variants, plan a run, store it (every job before the first is sent), then dispatch it."""
     chosen = resolve_devices(store, devices)
     try:
-        prepared = prepare(str(model), ",".join(variants), dataset, store.path.parent / "cache", weights=weights,
-                           input_shape=input_shape, log=log)
+        prepared = prepare(
+            str(model),
+            ",".join(variants),
+            dataset,
+            store.path.parent / "cache",
+            weights=weights,
+            input_shape=input_shape,
+            log=log,
+        )
     except RecipeError as exc:
         raise RunError(str(exc)) from None
     built, dataset = prepared.variants, prepared.dataset

@@ -121,6 +121,8 @@ class MeasurementSettings:
     wall_time_s: float = 600.0
     memory_mb: int = 0
     accuracy: bool = True
+    #: Runtime options sent with every job (RuntimeConfig.options), as (key, value) pairs.
+    runtime_options: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

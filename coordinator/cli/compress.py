@@ -6,7 +6,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -26,6 +26,8 @@ def compress(
 ) -> None:
     """Write each variant as DIR/<recipe>.onnx with DIR/<recipe>.json (recipe, parent sha256, sizes, accuracy
     on the held-out split, what each step did). Results are cached by (model, recipe, dataset)."""
+    from coordinator.compress.base import load_splits
+    from coordinator.compress.pipeline import top1_onnx
     from coordinator.prepare import prepare
 
     try:
@@ -45,7 +47,7 @@ def compress(
     rows = []
     for v in prepared.variants:
         stem = re.sub(r"[^A-Za-z0-9_.=-]+", "_", v.name)
-        entry = {
+        entry: dict[str, Any] = {
             "variant": v.name,
             "sha256": v.sha256,
             "size_bytes": v.size_bytes,
@@ -58,7 +60,15 @@ def compress(
             manifest = (
                 json.loads(manifest_path.read_text())
                 if manifest_path.exists() and v.recipe != "fp32"
-                else {"recipe": "fp32", "sha256": v.sha256, "size_bytes": v.size_bytes}
+                else {
+                    "recipe": "fp32",
+                    "sha256": v.sha256,
+                    "size_bytes": v.size_bytes,
+                    "zip_bytes": v.compressed_bytes,
+                    "accuracy_top1": top1_onnx(Path(v.path), load_splits(prepared.dataset))
+                    if prepared.dataset
+                    else None,
+                }
             )
             (output_dir / f"{stem}.json").write_text(json.dumps(manifest, indent=2, default=str))
             entry["accuracy_top1"] = manifest.get("accuracy_top1")

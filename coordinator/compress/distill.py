@@ -30,8 +30,7 @@ from torch import nn
 from coordinator.compress.base import DataSplits, Log, NotApplicable, RecipeError, StepReport, param_float
 from coordinator.compress.train import count_params, evaluate, example_input, fit, param_int, require_train
 
-NO_STUDENT = ("distillation needs a student: the model's class has no width parameter; "
-              "pass student=module:factory")
+NO_STUDENT = "distillation needs a student: the model's class has no width parameter; pass student=module:factory"
 
 
 def _accepts_width(cls: type) -> bool:
@@ -109,13 +108,23 @@ class Distillation:
         with torch.no_grad():
             t_shape, s_shape = tuple(teacher(example).shape), tuple(student(example).shape)
         if t_shape != s_shape:
-            raise RecipeError(f"the student's output shape {list(s_shape)} differs from the teacher's "
-                              f"{list(t_shape)}")
+            raise RecipeError(f"the student's output shape {list(s_shape)} differs from the teacher's {list(t_shape)}")
         try:
-            log(f"distilling into a student with {count_params(student)} parameters "
-                f"(teacher {count_params(teacher)}), {epochs} epochs, T={temperature}, alpha={alpha}")
-            fit(student, train, epochs=epochs, lr=lr, seed=seed, teacher=teacher, temperature=temperature,
-                alpha=alpha, log=log)
+            log(
+                f"distilling into a student with {count_params(student)} parameters "
+                f"(teacher {count_params(teacher)}), {epochs} epochs, T={temperature}, alpha={alpha}"
+            )
+            fit(
+                student,
+                train,
+                epochs=epochs,
+                lr=lr,
+                seed=seed,
+                teacher=teacher,
+                temperature=temperature,
+                alpha=alpha,
+                log=log,
+            )
             log("training the same student without distillation for comparison")
             fit(baseline, train, epochs=epochs, lr=lr, seed=seed, log=log)
         finally:
@@ -134,10 +143,13 @@ class Distillation:
             notes["student_kd_accuracy"] = evaluate(student, data.test)
             notes["student_no_kd_accuracy"] = evaluate(baseline, data.test)
             notes["kd_gain"] = notes["student_kd_accuracy"] - notes["student_no_kd_accuracy"]
-            log(f"accuracy: teacher {notes['teacher_accuracy']:.4f}, student with KD "
-                f"{notes['student_kd_accuracy']:.4f}, without KD {notes['student_no_kd_accuracy']:.4f}")
-        report = StepReport(technique=self.name, params=dict(params), notes=notes,
-                            seconds=time.perf_counter() - started)
+            log(
+                f"accuracy: teacher {notes['teacher_accuracy']:.4f}, student with KD "
+                f"{notes['student_kd_accuracy']:.4f}, without KD {notes['student_no_kd_accuracy']:.4f}"
+            )
+        report = StepReport(
+            technique=self.name, params=dict(params), notes=notes, seconds=time.perf_counter() - started
+        )
         return student, report
 
 

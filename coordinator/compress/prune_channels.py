@@ -38,8 +38,11 @@ LAYERS: tuple[type[nn.Module], ...] = (*CONVS, nn.Linear)
 def output_layer(model: nn.Module, example: torch.Tensor) -> nn.Module | None:
     """The last convolution or linear layer that runs in a forward pass on `example` (the classifier)."""
     order: list[nn.Module] = []
-    handles = [m.register_forward_hook(lambda module, _i, _o: order.append(module))
-               for m in model.modules() if isinstance(m, LAYERS)]
+    handles = [
+        m.register_forward_hook(lambda module, _i, _o: order.append(module))
+        for m in model.modules()
+        if isinstance(m, LAYERS)
+    ]
     try:
         with torch.no_grad():
             model(example)
@@ -88,7 +91,10 @@ class ChannelPruning:
 
         head = output_layer(pruned, example)
         pruner = tp.pruner.MetaPruner(
-            pruned, example, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=amount,
+            pruned,
+            example,
+            importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=amount,
             ignored_layers=[head] if head is not None else [],
         )
         pruner.step()
@@ -96,28 +102,42 @@ class ChannelPruning:
         with torch.no_grad():
             pruned(example)  # fails here, not later, if the pruned graph is inconsistent
         macs_after, params_after = macs_and_params(pruned, example)
-        log(f"removed {amount:.0%} of channels: MACs {macs_before} -> {macs_after}, "
-            f"params {params_before} -> {params_after}")
+        log(
+            f"removed {amount:.0%} of channels: MACs {macs_before} -> {macs_after}, "
+            f"params {params_before} -> {params_after}"
+        )
         if labelled:
             notes["accuracy_pruned"] = evaluate(pruned, data.test)
         if train is not None:
             how = "distilling from the unpruned model" if teacher is not None else "fine-tuning"
             log(f"{how} for {epochs} epochs")
-            fit(pruned, train, epochs=epochs, lr=lr, seed=seed, teacher=teacher, temperature=temperature,
-                alpha=alpha, log=log)
+            fit(
+                pruned,
+                train,
+                epochs=epochs,
+                lr=lr,
+                seed=seed,
+                teacher=teacher,
+                temperature=temperature,
+                alpha=alpha,
+                log=log,
+            )
             if labelled:
                 notes["accuracy_finetuned"] = evaluate(pruned, data.test)
-        notes.update({
-            "macs_before": macs_before,
-            "macs_after": macs_after,
-            "macs_ratio": macs_before / macs_after if macs_after else None,
-            "params_before": params_before,
-            "params_after": params_after,
-            "finetune_epochs": epochs,
-            "kd": teacher is not None,
-        })
-        report = StepReport(technique=self.name, params=dict(params), notes=notes,
-                            seconds=time.perf_counter() - started)
+        notes.update(
+            {
+                "macs_before": macs_before,
+                "macs_after": macs_after,
+                "macs_ratio": macs_before / macs_after if macs_after else None,
+                "params_before": params_before,
+                "params_after": params_after,
+                "finetune_epochs": epochs,
+                "kd": teacher is not None,
+            }
+        )
+        report = StepReport(
+            technique=self.name, params=dict(params), notes=notes, seconds=time.perf_counter() - started
+        )
         return pruned, report
 
 

@@ -122,20 +122,23 @@ class UnstructuredPruning:
 
         zeros, total = sparsity(layers)
         saved_after, zip_after = state_dict_sizes(pruned)
-        notes.update({
-            "sparsity": zeros / total,
-            "zero_weights": zeros,
-            "prunable_weights": total,
-            "dense_bytes": dense_bytes(pruned),
-            "saved_bytes_before": saved_before,
-            "saved_bytes_after": saved_after,
-            "zip_bytes_before": zip_before,
-            "zip_bytes_after": zip_after,
-            "speed": NO_SPEED,
-        })
+        notes.update(
+            {
+                "sparsity": zeros / total,
+                "zero_weights": zeros,
+                "prunable_weights": total,
+                "dense_bytes": dense_bytes(pruned),
+                "saved_bytes_before": saved_before,
+                "saved_bytes_after": saved_after,
+                "zip_bytes_before": zip_before,
+                "zip_bytes_after": zip_after,
+                "speed": NO_SPEED,
+            }
+        )
         log(f"sparsity {zeros / total:.1%}; compressed state_dict {zip_before} -> {zip_after} bytes; {NO_SPEED}")
-        report = StepReport(technique=self.name, params=dict(params), notes=notes,
-                            seconds=time.perf_counter() - started)
+        report = StepReport(
+            technique=self.name, params=dict(params), notes=notes, seconds=time.perf_counter() - started
+        )
         return pruned, report
 
 

@@ -118,7 +118,7 @@ def param_bool(params: Mapping[str, str], key: str, default: bool) -> bool:
 
 @torch.no_grad()
 def _logits(model: nn.Module, inputs: np.ndarray, batch_size: int) -> torch.Tensor:
-    outputs = [model(to_tensor(inputs[i:i + batch_size])) for i in range(0, len(inputs), batch_size)]
+    outputs = [model(to_tensor(inputs[i : i + batch_size])) for i in range(0, len(inputs), batch_size)]
     return torch.cat(outputs)
 
 
@@ -139,8 +139,9 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 256) -> float:
     return float((predictions == labels).float().mean().item())
 
 
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                      temperature: float, alpha: float) -> torch.Tensor:
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, alpha: float
+) -> torch.Tensor:
     """Hinton knowledge-distillation loss (scalar tensor, differentiable w.r.t. the student logits).
 
     ``alpha * T² * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, labels)`` with the KL averaged
@@ -151,14 +152,26 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     t = temperature
-    soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.softmax(teacher_logits.detach() / t, dim=1),
-                    reduction="batchmean") * (t * t)
+    soft = F.kl_div(
+        F.log_softmax(student_logits / t, dim=1), F.softmax(teacher_logits.detach() / t, dim=1), reduction="batchmean"
+    ) * (t * t)
     hard = F.cross_entropy(student_logits, labels)
     return alpha * soft + (1.0 - alpha) * hard
 
 
-def fit(model: nn.Module, train: Split, *, epochs: int, lr: float, seed: int, teacher: nn.Module | None = None,
-        temperature: float = 4.0, alpha: float = 0.7, log: Log | None = None, batch_size: int = 64) -> list[float]:
+def fit(
+    model: nn.Module,
+    train: Split,
+    *,
+    epochs: int,
+    lr: float,
+    seed: int,
+    teacher: nn.Module | None = None,
+    temperature: float = 4.0,
+    alpha: float = 0.7,
+    log: Log | None = None,
+    batch_size: int = 64,
+) -> list[float]:
     """Train `model` in place for `epochs` passes over `train`; return the mean loss of each epoch.
 
     Plain cross-entropy without a teacher; `distillation_loss(temperature, alpha)` with one (the teacher runs
@@ -187,7 +200,7 @@ def fit(model: nn.Module, train: Split, *, epochs: int, lr: float, seed: int, te
                 order = torch.randperm(n, generator=generator).numpy()
                 total = 0.0
                 for start in range(0, n, batch_size):
-                    index = order[start:start + batch_size]
+                    index = order[start : start + batch_size]
                     x = to_tensor(inputs[index])
                     y = labels[torch.from_numpy(index)]
                     out = model(x)

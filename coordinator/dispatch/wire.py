@@ -186,7 +186,9 @@ def build_job(
     job = pb.BenchmarkJob(
         job_id=job_id,
         model=pb.ModelRef(sha256=variant.sha256, format=FORMATS[variant.format]),
-        runtime=pb.RuntimeConfig(name=runtime, intra_op_threads=settings.threads),
+        runtime=pb.RuntimeConfig(
+            name=runtime, intra_op_threads=settings.threads, options=dict(settings.runtime_options)
+        ),
         accuracy_pass=settings.accuracy and bool(dataset_sha256),
         memory_pass=True,
     )

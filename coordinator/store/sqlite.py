@@ -78,7 +78,10 @@ def _probe_from(data: dict[str, Any]) -> DeviceProbe:
 
 def _spec_from(data: dict[str, Any]) -> RunSpec:
     data = dict(data)
-    data["settings"] = MeasurementSettings(**data["settings"])
+    settings = dict(data["settings"])
+    # JSON turns the tuple of pairs into a list of lists.
+    settings["runtime_options"] = tuple((str(k), str(v)) for k, v in settings.get("runtime_options", ()))
+    data["settings"] = MeasurementSettings(**settings)
     for key in ("devices", "runtimes", "variants"):
         data[key] = tuple(data[key])
     return RunSpec(**data)
