@@ -103,7 +103,8 @@ def test_json_round_trips_with_schema_version(report: Report, outputs: dict[str,
     assert data == json.loads(json.dumps(report.to_dict()))
     assert len(data["cells"]) == 12 and data["cells"][0]["latency"]["median_ns"] is not None
     assert render(report, "json") == outputs["json"]  # stable output
-    assert list(data) == ["schema_version", "run", "thresholds", "variants", "devices", "cells", "cross_device", "seed_table"]
+    expected = ["schema_version", "run", "thresholds", "variants", "devices", "cells", "cross_device", "seed_table"]
+    assert list(data) == expected
 
 
 def test_html_is_self_contained(outputs: dict[str, str]) -> None:
