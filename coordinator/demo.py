@@ -18,7 +18,7 @@ from pathlib import Path
 
 from coordinator.dispatch.dispatcher import Dispatcher, OnEvent
 from coordinator.dispatch.local import LocalAgent, start_agent
-from coordinator.models.synthetic import DEFAULT_BENCH_CNN, make_dataset
+from coordinator.models.sources import BUILTIN
 from coordinator.runs import start_run
 from coordinator.store.sqlite import Store
 from coordinator.types import Device, MeasurementSettings, RunData
@@ -32,18 +32,6 @@ class DemoResult:
     run: RunData
     html: Path
     markdown: Path
-
-
-def builtin_model(folder: Path) -> tuple[Path, Path]:
-    """The built-in model and its dataset (cached in `folder`)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    model = folder / "builtin_cnn.onnx"
-    data = folder / "builtin_cnn.npz"
-    if not model.exists():
-        DEFAULT_BENCH_CNN.build(model, batch=None)
-    if not data.exists():
-        make_dataset(data, model_path=model, n=256)
-    return model, data
 
 
 @contextlib.contextmanager
@@ -63,19 +51,24 @@ def local_agents(folder: Path, log: Callable[[str], None]) -> Iterator[list[tupl
             log(f"stopped agent {name}")
 
 
+#: Every technique on the built-in model (the seed document's table, measured). Distillation trains two
+#: students (with and without KD), so it gets fewer epochs here than its default.
+DEMO_VARIANTS = "fp32,int8,fp16,prune:0.5,channels:0.5,distill:width=0.5;epochs=6,channels:0.5+int8"
+
+
 def run_demo(
     store: Store,
     out_dir: Path,
     *,
     min_duration_s: float = 2.0,
+    variants: str = DEMO_VARIANTS,
     on_event: OnEvent | None = None,
     log: Callable[[str], None] = print,
 ) -> DemoResult:
     from coordinator.report import build_report, render
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, data = builtin_model(out_dir / "model")
-    log(f"built-in model {model.name} ({model.stat().st_size / 1e6:.1f} MB) and dataset {data.name}")
+    log(f"building the variants of the built-in digits CNN: {variants} (cached after the first run)")
     with local_agents(out_dir / "agents", log) as agents:
         for name, agent in agents:
             store.add_device(
@@ -87,12 +80,14 @@ def run_demo(
             )
             run = start_run(
                 store,
-                model=model,
-                dataset=data,
+                model=BUILTIN,
+                dataset=None,
                 devices=",".join(n for n, _ in agents),
+                variants=[variants],
                 settings=settings,
                 name=f"demo {time.strftime('%Y-%m-%d %H:%M')}",
                 dispatcher=Dispatcher(store, on_event=on_event, device_concurrency=1),
+                log=log,
             )
         finally:
             for name, _ in agents:

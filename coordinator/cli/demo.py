@@ -17,17 +17,21 @@ def demo(
     ),
     min_duration: Annotated[float, typer.Option(min=0.1, help="Minimum steady-state seconds per job.")] = 2.0,
 ) -> None:
-    """Start two local agents (1 CPU and all CPUs), benchmark the built-in model on both, write the HTML and
-    Markdown reports, print where they are, and stop the agents."""
+    """Start two local agents (1 CPU and all CPUs), build the built-in digits CNN's variants with every
+    compression technique, benchmark them on both agents, write the HTML and Markdown reports, print where
+    they are, and stop the agents."""
     from rich.console import Console
 
     from coordinator.cli.progress import LiveProgress
     from coordinator.cli.run import summary_table
-    from coordinator.demo import DEMO_AGENTS, run_demo
+    from coordinator.demo import DEMO_AGENTS, DEMO_VARIANTS, run_demo
 
     console = Console()
     started = time.monotonic()
-    with open_store() as store, LiveProgress(dict.fromkeys((n for n, _ in DEMO_AGENTS), 1), console) as progress:
+    with (
+        open_store() as store,
+        LiveProgress(dict.fromkeys((n for n, _ in DEMO_AGENTS), len(DEMO_VARIANTS.split(","))), console) as progress,
+    ):
         result = run_demo(
             store,
             output_dir,
