@@ -70,8 +70,10 @@ def top1_onnx(path: Path, data: DataSplits) -> float | None:
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     declared = session.get_inputs()[0]
-    step = declared.shape[0] if isinstance(declared.shape[0], int) and declared.shape[0] > 0 else 256
-    usable = len(data.test) - len(data.test) % step if step > 1 else len(data.test)
+    fixed = isinstance(declared.shape[0], int) and declared.shape[0] > 0
+    step = declared.shape[0] if fixed else 256
+    # A fixed batch axis cannot take a partial last batch; a dynamic one can.
+    usable = len(data.test) - len(data.test) % step if fixed else len(data.test)
     correct = 0
     for start in range(0, usable, step):
         batch = data.test.inputs[start : start + step].astype(np.float32)
