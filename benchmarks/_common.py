@@ -14,6 +14,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -232,3 +233,104 @@ def proc_status_kib(pid: int, key: str) -> int:
 
 def python() -> str:
     return sys.executable
+
+
+# ---------------------------------------------------------------------------------------------- job processes
+
+JOB_PROCESS_MODULE = "agent.child"
+
+
+def _is_job_process(cmdline: Sequence[str] | None) -> bool:
+    return JOB_PROCESS_MODULE in (cmdline or ())
+
+
+def job_processes(agent_pid: int) -> list[psutil.Process]:
+    """The agent's live job processes (`python -m agent.child`): its spare, and a running job's if any."""
+    try:
+        children = psutil.Process(agent_pid).children()
+    except psutil.Error:
+        return []
+    found = []
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            if _is_job_process(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+    return found
+
+
+def _idle_job_processes(agent_pids: Sequence[int]) -> dict[int, tuple[int, float]]:
+    """agent pid -> (pid, CPU seconds) of one job process of that agent that is sleeping (not running)."""
+    wanted = set(agent_pids)
+    found: dict[int, tuple[int, float]] = {}
+    for p in psutil.process_iter(["pid", "ppid", "cmdline", "status", "cpu_times"]):
+        info = p.info
+        t = info["cpu_times"]
+        sleeping = info["status"] == psutil.STATUS_SLEEPING
+        if info["ppid"] in wanted and _is_job_process(info["cmdline"]) and t is not None and sleeping:
+            found[info["ppid"]] = (info["pid"], t.user + t.system)
+    return found
+
+
+def wait_spare_job_processes(agent_pids: Sequence[int], timeout_s: float = 300.0, settle_s: float = 0.25) -> int:
+    """Wait until every agent's spare job process has started and finished its imports; return how many are.
+
+    A spare is ready when it blocks reading its job from stdin: it sleeps and its CPU time does not move
+    over `settle_s` (a process still importing is running, or sleeps only for the odd disk read)."""
+    deadline = time.monotonic() + timeout_s
+    ready: set[int] = set()
+    before = _idle_job_processes(agent_pids)
+    while len(ready) < len(agent_pids) and time.monotonic() < deadline:
+        time.sleep(settle_s)
+        after = _idle_job_processes(agent_pids)
+        ready = {a for a, (pid, cpu) in after.items() if before.get(a) == (pid, cpu)}
+        before = after
+    return len(ready)
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU seconds used so far by agents: their own, their reaped children's, and their live job processes'."""
+
+    agents: float
+    reaped: float
+    live: dict[int, float]  # job process pid -> CPU seconds (spares, and running jobs)
+    other_live: float  # live children that are not job processes (e.g. a runtime probe)
+
+    @property
+    def total(self) -> float:
+        return self.agents + self.reaped + sum(self.live.values()) + self.other_live
+
+
+def cpu_snapshot(agent_pids: Sequence[int]) -> CpuSnapshot:
+    wanted = set(agent_pids)
+    agents = reaped = other = 0.0
+    live: dict[int, float] = {}
+    for p in psutil.process_iter(["pid", "ppid", "cmdline", "cpu_times"]):
+        t = p.info["cpu_times"]
+        if t is None:
+            continue
+        if p.info["pid"] in wanted:
+            agents += t.user + t.system
+            reaped += t.children_user + t.children_system
+        elif p.info["ppid"] in wanted:
+            if _is_job_process(p.info["cmdline"]):
+                live[p.info["pid"]] = t.user + t.system
+            else:
+                other += t.user + t.system
+    return CpuSnapshot(agents, reaped, live, other)
+
+
+def cpu_parts(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
+    """CPU used between two snapshots: the agents' own; their job processes' work (from when each was taken
+    for a job to its exit; the CPU a job process had used as a spare before `before` is not counted); and
+    the start-up of spares started in between (live in `after` only)."""
+    used = [pid for pid in before.live if pid not in after.live]
+    new = [pid for pid in after.live if pid not in before.live]
+    kept = [pid for pid in after.live if pid in before.live]
+    return {
+        "agents": after.agents - before.agents,
+        "jobs": after.reaped - before.reaped - sum(before.live[p] for p in used),
+        "spares": sum(after.live[p] for p in new) + sum(after.live[p] - before.live[p] for p in kept),
+        "other": after.other_live - before.other_live,
+        "total": after.total - before.total,
+    }

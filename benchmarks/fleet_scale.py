@@ -1,12 +1,23 @@
 """The coordinator at fleet scale: N real agents on loopback, one null-runtime job per agent.
 
-N agents (`python -m agent.cli serve`, each a real process with its own work directory and token) are
-started concurrently from a thread pool and registered in a fresh Store. Then fleet runs of a null-runtime
-model (`runtimes=["null"]`, short plans: 2 warm-up iterations, >= 10 iterations and >= 0.05 s, accuracy off)
-are made with `coordinator.runs.start_run`, each in its own coordinator process (this script re-invoked
-with --coordinator-only), so that the coordinator's figures (peak RSS, CPU) are its own and not those of
-the code that launches and watches the agents. Every run uses a fresh model file (a nonce in its JSON), so
-every run uploads, as a real run of a new model does.
+N agents (`python -m agent.cli serve`, each a real process with its own work directory and token, with
+the agent's defaults: `--prestart`, i.e. one job process started in advance) are started concurrently from
+a thread pool and registered in a fresh Store. Then fleet runs of a null-runtime model (`runtimes=["null"]`,
+short plans: 2 warm-up iterations, >= 20 iterations and >= 0.1 s, accuracy off) are made with
+`coordinator.runs.start_run`, each in its own coordinator process (this script re-invoked with
+--coordinator-only), so that the coordinator's figures (peak RSS, CPU) are its own and not those of the code
+that launches and watches the agents. Every run uses a fresh model file (a nonce in its JSON), so every run
+uploads, as a real run of a new model does.
+
+Each inference of the null runtime *sleeps* --sleep-ms (runtime option `sleep_ns`, passed with every job
+through MeasurementSettings.runtime_options): a device whose accelerator does the work while its host CPU
+waits. With a busy-waiting runtime, N simulated devices on a machine with a few cores measure the
+simulation's CPU contention, not the coordinator.
+
+Before the first run and between runs, the script waits until every agent's spare job process has started
+and finished its imports (it sleeps, blocked reading its job, with its CPU time still): the agent starts it
+right after a job ends, so without the wait the next run would share the CPU with N spares starting up.
+The time this takes after an N-agent run is shown ("spares ready"); it is not part of any run's wall time.
 
 Runs alternate: 1 agent, N agents, 1 agent, ..., 1 agent (the single-agent case first and last; medians).
 
@@ -15,12 +26,18 @@ Runs alternate: 1 agent, N agents, 1 agent, ..., 1 agent (the single-agent case 
     dispatcher's "result" events of the N-agent runs. All four are time.time_ns() on this machine (the
     agent's pair from the job's child process). Median <= 25 ms. It is broken down with the arrival times of
     the stream's events, taken in the coordinator by a client subclass passed as the dispatcher's
-    `connect_fn`: dispatch -> accepted, dispatch -> the child's start (gRPC, the agent's queue, spawning
-    the job process and its imports), the child's end -> result received (pipe, agent, gRPC), result
-    received -> stored (validation, SQLite commit).
+    `connect_fn`: dispatch -> accepted, dispatch -> the child's start (gRPC, the agent's queue, handing the
+    job to the spare job process, or starting one if none is ready), the child's end -> result received
+    (pipe, the job process's exit, agent, gRPC), result received -> stored (validation, SQLite commit).
+    Shown beside it: the coordinator's CPU time per job, i.e. the coordinator process's user+sys CPU
+    (rusage, from its exec to its exit, interpreter start and imports included) / jobs in the run, and the
+    part of it spent inside start_run.
 (3) wall time of `start_run` for N agents / for 1 agent (medians). Target <= 5x. Shown beside it: the CPU
-    floor of the N-agent run, (CPU used by the agents and their job processes + the coordinator's) /
-    usable cores, i.e. the shortest wall time this machine allows for that work.
+    floor of the N-agent run, (CPU used during the run by the agents and their job processes, live or
+    reaped, + the coordinator's) / usable cores, i.e. the shortest wall time this machine allows for that
+    work. The agents' share is split per job into the agent processes' own CPU, the job processes' (from
+    being taken for a job to their exit) and the start-up of the spares started during the run; the idle
+    fleet's CPU use (over --idle-s before the first run) is shown for scale.
 (4) coordinator peak RSS: the coordinator process's VmHWM (/proc/self/status, read at its end), largest over
     the N-agent runs. Target <= 300 MB (MB = 10^6 bytes). Its ru_maxrss (wait4) is shown too but is not
     the figure: on Linux it carries over fork+exec the RSS of the process that started it (this launcher).
@@ -30,7 +47,7 @@ a warm one), probes within a run, spread of job starts across devices, and that 
 The coordinator process wraps `coordinator.runs.probe_all` and the dispatcher's probe function only to
 time them; it changes nothing else.
 
-Run: .venv/bin/python benchmarks/fleet_scale.py [--quick] [--agents N] [--rounds R]
+Run: .venv/bin/python benchmarks/fleet_scale.py [--quick] [--agents N] [--rounds R] [--sleep-ms MS]
 """
 
 from __future__ import annotations
@@ -55,6 +72,8 @@ OVERHEAD_TARGET_NS = 25_000_000
 RATIO_TARGET = 5.0
 RSS_TARGET_BYTES = 300 * MB
 SINGLE = "agent-000"
+PLAN = {"warmup_iterations": 2, "min_iterations": 20, "min_duration_s": 0.1}
+PLAN_TEXT = "warmup 2, >=20 it, >=0.1 s, accuracy off"
 
 # ============================================================================================ coordinator
 # Runs in its own process (`--coordinator-only`): one start_run, figures written as JSON to --out.
@@ -154,12 +173,11 @@ def coordinator_main(args: argparse.Namespace) -> int:
 
     store = TimedStore(Path(args.store))
     settings = MeasurementSettings(
-        warmup_iterations=2,
-        min_iterations=10,
-        min_duration_s=0.05,
+        **PLAN,
         max_duration_s=5.0,
         wall_time_s=300.0,
         accuracy=False,
+        runtime_options=(("sleep_ns", str(round(args.sleep_ms * 1e6))),),
     )
     dispatcher = Dispatcher(store, on_event=on_event, connect_fn=connect, probe_fn=probe)
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -292,18 +310,6 @@ class Fleet:
         return left
 
 
-def agents_cpu_s(pids: Sequence[int]) -> float:
-    """CPU seconds used so far by these processes and their reaped children (the jobs)."""
-    import psutil
-
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
-    return total
-
-
 def agents_rss(pids: Sequence[int]) -> int:
     import psutil
 
@@ -314,6 +320,19 @@ def agents_rss(pids: Sequence[int]) -> int:
     return total
 
 
+def spares_rss(pids: Sequence[int]) -> int:
+    """RSS of the agents' live job processes (their spares, between runs)."""
+    import psutil
+    from _common import job_processes
+
+    total = 0
+    for pid in pids:
+        for p in job_processes(pid):
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+    return total
+
+
 def write_model(path: Path, nonce: int) -> Path:
     """A null-runtime model; the nonce gives each run a fresh digest, so every run uploads."""
     spec = {"inputs": [{"name": "input", "shape": [1, 16], "dtype": "float32"}], "num_classes": 10, "nonce": nonce}
@@ -321,7 +340,9 @@ def write_model(path: Path, nonce: int) -> Path:
     return path
 
 
-def coordinator_run(work: Path, store: Path, model: Path, devices: str, timeout_s: float) -> dict[str, Any]:
+def coordinator_run(
+    work: Path, store: Path, model: Path, devices: str, timeout_s: float, sleep_ms: float
+) -> dict[str, Any]:
     """One start_run in a fresh coordinator process; its JSON plus its own rusage (wait4)."""
     out = work / f"{model.stem}.out.json"
     log = work / f"{model.stem}.log"
@@ -337,6 +358,8 @@ def coordinator_run(work: Path, store: Path, model: Path, devices: str, timeout_
         devices,
         "--out",
         str(out),
+        "--sleep-ms",
+        str(sleep_ms),
     ]
     t0 = time.perf_counter()
     with log.open("w") as f:
@@ -384,7 +407,17 @@ def overheads(results: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
 
 def launcher_main(args: argparse.Namespace) -> int:
     import psutil
-    from _common import Row, median, print_header, print_table, print_verdict, temp_dir
+    from _common import (
+        Row,
+        cpu_parts,
+        cpu_snapshot,
+        median,
+        print_header,
+        print_table,
+        print_verdict,
+        temp_dir,
+        wait_spare_job_processes,
+    )
 
     from coordinator.fleet import probe_all
     from coordinator.store.sqlite import Store
@@ -397,12 +430,14 @@ def launcher_main(args: argparse.Namespace) -> int:
             "agents": args.agents,
             "rounds (N-agent runs)": args.rounds,
             "start_workers": args.start_workers,
-            "plan": "warmup 2, >=10 it, >=0.05 s, accuracy off",
+            "plan": PLAN_TEXT,
+            "null runtime": f"sleep {args.sleep_ms:g} ms per inference (sleep_ns)",
+            "agent options": "defaults (--prestart)",
             "quick": args.quick,
         },
     )
     mem = psutil.virtual_memory()
-    need = args.agents * 60 * MB
+    need = args.agents * 100 * MB  # agent + its spare job process
     print(f"memory: {mem.available / 2**30:.1f} GiB available; {args.agents} agents need about {need / 2**30:.1f} GiB")
     if need > mem.available * 0.8:
         print("warning: the agents may not fit in memory; lower --agents")
@@ -418,6 +453,10 @@ def launcher_main(args: argparse.Namespace) -> int:
             start_wall = time.perf_counter() - t0
             pids = fleet.pids()
             print(f"started {len(pids)} agents in {start_wall:.1f} s")
+            t0 = time.perf_counter()
+            spares0 = wait_spare_job_processes(pids, timeout_s=args.run_timeout)
+            spare_wait0 = time.perf_counter() - t0
+            print(f"spare job processes ready: {spares0}/{len(pids)} ({spare_wait0:.1f} s more)")
             store_path = work / "store" / "edgebench.db"
             store = Store(store_path)
             devices = [
@@ -439,31 +478,48 @@ def launcher_main(args: argparse.Namespace) -> int:
                 f"online), warm {probe_warm * 1000:.0f} ms ({online} online)"
             )
             idle_rss = agents_rss(pids)
+            snap0 = cpu_snapshot(pids)
+            time.sleep(args.idle_s)
+            idle_cpu = cpu_snapshot(pids).total - snap0.total
+            idle_spare_rss = spares_rss(pids)
             print()
             print(
-                f"{'run':>4}  {'agents':>6}  {'wall':>8}  {'probe_all':>9}  {'jobs ok':>8}  {'overhead med':>12}  "
-                f"{'p90':>9}  {'coord CPU':>9}  {'agents CPU':>10}  {'CPU floor':>9}  {'coord peak RSS':>14}"
+                f"{'run':>4}  {'agents':>6}  {'spares':>7}  {'wall':>8}  {'probe_all':>9}  {'jobs ok':>8}  "
+                f"{'overhead med':>12}  {'p90':>9}  {'coord CPU':>9}  {'/job':>8}  {'agents CPU':>10}  "
+                f"{'CPU floor':>9}  {'coord peak RSS':>14}  {'spares ready after':>18}"
             )
             order = [SINGLE]
             for _ in range(args.rounds):
                 order += ["all", SINGLE]
+            spares = spares0
             for k, selection in enumerate(order):
                 model = write_model(work / f"run{k:02d}.json", k)
-                cpu0 = agents_cpu_s(pids)
-                data = coordinator_run(work, store_path, model, selection, args.run_timeout)
-                data["agents_cpu_s"] = agents_cpu_s(pids) - cpu0
+                snap0 = cpu_snapshot(pids)
+                data = coordinator_run(work, store_path, model, selection, args.run_timeout, args.sleep_ms)
+                snap1 = cpu_snapshot(pids)
+                data["agents_cpu"] = cpu_parts(snap0, snap1)
+                data["agents_cpu_s"] = data["agents_cpu"]["total"]
                 data["floor_s"] = (data["agents_cpu_s"] + data["cpu_s"]) / cores
+                data["spares_before"] = spares
+                # The agents start their next spares as their jobs end: wait for them (outside any run's wall).
+                t0 = time.perf_counter()
+                spares = wait_spare_job_processes(pids, timeout_s=args.run_timeout)
+                data["spare_wait_s"] = time.perf_counter() - t0
+                data["spare_cpu_s"] = cpu_snapshot(pids).total - snap1.total
                 (single if selection == SINGLE else fleet_runs).append(data)
                 o = overheads(data["results"])["overhead"]
                 ok = data["statuses"].get("succeeded", 0)
+                jobs = max(1, sum(data["statuses"].values()))
                 print(
-                    f"{k + 1:>4}  {data['devices']:>6}  {data['wall_ns'] / 1e9:>7.2f}s  "
+                    f"{k + 1:>4}  {data['devices']:>6}  {data['spares_before']:>7}  {data['wall_ns'] / 1e9:>7.2f}s  "
                     f"{sum(data['probe_all_ns']) / 1e6:>7.0f}ms  {ok:>3}/{sum(data['statuses'].values()):<4}  "
                     f"{ms(median(o)) if o else '-':>12}  {ms(pct(o, 90)) if o else '-':>9}  "
-                    f"{data['cpu_s']:>8.2f}s  {data['agents_cpu_s']:>9.2f}s  {data['floor_s']:>8.2f}s  "
-                    f"{data['vm_hwm_kib'] * 1024 / MB:>11.1f} MB"
+                    f"{data['process_cpu_s']:>8.2f}s  {data['process_cpu_s'] / jobs * 1000:>5.0f} ms  "
+                    f"{data['agents_cpu_s']:>9.2f}s  {data['floor_s']:>8.2f}s  "
+                    f"{data['vm_hwm_kib'] * 1024 / MB:>11.1f} MB  {data['spare_wait_s']:>17.1f}s"
                 )
             busy_rss = agents_rss(pids)
+            busy_spare_rss = spares_rss(pids)
         finally:
             t0 = time.perf_counter()
             fleet.stop()
@@ -504,7 +560,8 @@ def launcher_main(args: argparse.Namespace) -> int:
     probe_starts = []
     for d in fleet_runs:
         began = [r["probe"][0] for r in d["results"] if r["probe"][0]]
-        probe_starts.append(max(began) - min(began))
+        if began:  # the dispatcher probes a device only if the run's planning probe is missing
+            probe_starts.append(max(began) - min(began))
     writes = {k: [x for d in fleet_runs for x in d["store_ns"][k]] for k in fleet_runs[0]["store_ns"]}
     in_run_probe = median([sum(d["probe_all_ns"]) for d in fleet_runs])
     dev_probe = [r["probe"][1] - r["probe"][0] for d in fleet_runs for r in d["results"] if r["probe"][0]]
@@ -529,12 +586,22 @@ def launcher_main(args: argparse.Namespace) -> int:
             all_ok,
         ),
         Row(
-            f"(2) coordinator overhead per job, {n} agents (median)",
+            f"(2) coordinator overhead per job (dispatch to stored), {n} agents (median)",
             ms(ov_med),
             f"<= {ms(OVERHEAD_TARGET_NS)}",
             ov_med <= OVERHEAD_TARGET_NS,
         ),
         Row("(2) overhead p90 / max", f"{ms(pct(ov, 90))} / {ms(max(ov))}"),
+        Row(
+            f"(2) coordinator CPU per job, {n} agents (median of runs)",
+            f"{median([d['process_cpu_s'] / n for d in fleet_runs]) * 1000:.1f} ms whole process "
+            f"({median([d['cpu_s'] / n for d in fleet_runs]) * 1000:.1f} ms inside start_run)",
+        ),
+        Row(
+            "(2) coordinator CPU per job, 1 agent (median of runs)",
+            f"{median([d['process_cpu_s'] for d in single]) * 1000:.0f} ms whole process "
+            f"({median([d['cpu_s'] for d in single]) * 1000:.0f} ms inside start_run)",
+        ),
         Row("(2)   dispatch -> accepted event received", dist(f_parts["to_accepted"])),
         Row("(2)   dispatch -> job process started (child)", dist(f_parts["to_child"])),
         Row("(2)     of which job process start (starting->loading)", dist(f_parts["child_start"])),
@@ -553,16 +620,50 @@ def launcher_main(args: argparse.Namespace) -> int:
             f"{floor:.2f} s = {floor / s_wall:.2f}x the 1-agent wall; wall/floor {f_wall / floor:.2f}",
         ),
         Row(
-            "(3) CPU per job: agent+job process / coordinator",
+            "(3) CPU per job in the run: agent+job process / coordinator",
             f"{median([d['agents_cpu_s'] for d in fleet_runs]) / n * 1000:.0f} ms / "
             f"{median([d['cpu_s'] for d in fleet_runs]) / n * 1000:.1f} ms",
         ),
+        Row(
+            "(3)   of which per job: agent / job process (taken to exit) / next spare's start-up (median)",
+            " / ".join(
+                f"{median([d['agents_cpu'][k] for d in fleet_runs]) / n * 1000:.0f} ms"
+                for k in ("agents", "jobs", "spares")
+            ),
+        ),
+        Row(
+            "(3)   1 agent: agent / job process / next spare's start-up (median)",
+            " / ".join(
+                f"{median([d['agents_cpu'][k] for d in single]) * 1000:.0f} ms" for k in ("agents", "jobs", "spares")
+            ),
+        ),
+        Row(
+            f"(3) {n} idle agents (and spares): CPU over {args.idle_s:g} s",
+            f"{idle_cpu:.2f} s ({idle_cpu / args.idle_s * 100:.0f}% of one core)",
+        ),
+        Row(
+            f"spares' start after a {n}-agent run: wait / CPU (median)",
+            f"{median([d['spare_wait_s'] for d in fleet_runs]):.1f} s / "
+            f"{median([d['spare_cpu_s'] for d in fleet_runs]):.1f} s "
+            f"({median([d['spare_cpu_s'] for d in fleet_runs]) / n * 1000:.0f} ms per agent)",
+        ),
+        Row(
+            "spare job processes ready before each run (min)",
+            f"{min(d['spares_before'] for d in fleet_runs)}/{n} (N-agent runs), "
+            f"{min(d['spares_before'] for d in single)}/{n} (1-agent runs)",
+        ),
         Row(f"probe_all inside a run, {n} agents (median)", ms(in_run_probe)),
-        Row("dispatcher's per-device probe (again) in a run", dist(dev_probe)),
+        Row("dispatcher's per-device probe (again) in a run", dist(dev_probe) if dev_probe else "none (reused)"),
         Row("run start -> first job dispatched (median)", ms(median(first_dispatch))),
         Row("job dispatch spread across devices (median)", ms(median(spreads))),
-        Row("  device threads' start spread (first probe call)", ms(median(probe_starts))),
-        Row("  device thread: probe start -> job dispatched", dist(pre_dispatch)),
+        *(
+            [
+                Row("  device threads' start spread (first probe call)", ms(median(probe_starts))),
+                Row("  device thread: probe start -> job dispatched", dist(pre_dispatch)),
+            ]
+            if probe_starts
+            else []
+        ),
         *(Row(f"  Store.{k} wall time in a {n}-agent run (waits incl.)", dist(v)) for k, v in writes.items()),
         Row("job process start spread across devices (median)", ms(median(agent_spreads))),
         Row(
@@ -581,6 +682,10 @@ def launcher_main(args: argparse.Namespace) -> int:
             f"{median([d['process_s'] for d in fleet_runs]):.2f} s",
         ),
         Row("agents' RSS, all (idle / after runs)", f"{idle_rss / MB:.0f} MB / {busy_rss / MB:.0f} MB"),
+        Row(
+            "spare job processes' RSS, all (idle / after runs)",
+            f"{idle_spare_rss / MB:.0f} MB / {busy_spare_rss / MB:.0f} MB",
+        ),
         Row("last result stored -> start_run returned (median)", ms(median(tails))),
         Row(
             "latency samples per job (median, N-agent / 1-agent runs)",
@@ -602,6 +707,10 @@ def main() -> int:
     parser.add_argument("--start-workers", type=int, default=32, help="agents started at a time")
     parser.add_argument("--run-timeout", type=float, default=600.0, help="seconds one coordinator run may take")
     parser.add_argument("--quick", action="store_true", help="short run: 10 agents, 2 N-agent runs")
+    parser.add_argument("--idle-s", type=float, default=5.0, help="seconds to measure the idle fleet's CPU use")
+    parser.add_argument(
+        "--sleep-ms", type=float, default=2.0, help="null runtime: sleep per inference (ms), simulated accelerator"
+    )
     parser.add_argument("--coordinator-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)

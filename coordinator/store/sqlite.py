@@ -91,6 +91,9 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
+        # One writer at a time inside this process: SQLite's own busy handler backs off by sleeping (up to
+        # 100 ms) and is unfair, so a burst of results from many device threads would wait far longer.
+        self._write_lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._migrate()
 
@@ -114,7 +117,7 @@ class Store:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
-        with self._database_errors():
+        with self._write_lock, self._database_errors():
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
