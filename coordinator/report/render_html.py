@@ -63,21 +63,8 @@ pre { background: #f2f4f7; padding: 8px; overflow-x: auto; font-size: 12px; whit
 footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
 """
 
-_NUMERIC = {
-    "n",
-    "median ms [95% CI]",
-    "p90 ms",
-    "p99 ms",
-    "CV",
-    "throughput /s",
-    "speedup [CI]",
-    "load ms",
-    "peak MiB",
-    "model MiB",
-    "size MiB",
-    "top-1 / top-5",
-    "acc. drop",
-}
+#: Right-aligned columns: every per-cell figure (all but the labels).
+_NUMERIC = set(TABLE_COLUMNS) - {"variant", "runtime", "verdict"}
 
 _DETAIL_NUMERIC = {
     "first inference ms",
