@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from coordinator.compress.base import RecipeError, load_splits
-from coordinator.compress.pipeline import VariantBuilder, build_all, sha256_file, zip_size
+from coordinator.compress.pipeline import VariantBuilder, build_all, onnx_first_output, zip_size
 from coordinator.compress.recipe import parse_recipes
+from coordinator.dispatch.client import sha256_file
 from coordinator.models.sources import BUILTIN, resolve_source
 from coordinator.types import Variant
 
@@ -67,8 +68,6 @@ def _direct(model: Path, recipes: str, dataset: Path | None) -> Prepared:
 
 def reference_dataset(baseline: Path, dataset: Path, cache_dir: Path) -> Path:
     """The held-out split with the uncompressed model's outputs as `reference_outputs`."""
-    import onnxruntime as ort
-
     key = hashlib.sha256(f"{sha256_file(baseline)}|{sha256_file(dataset)}".encode()).hexdigest()[:24]
     target = cache_dir / f"bench-{key}.npz"
     if target.exists():
@@ -77,16 +76,11 @@ def reference_dataset(baseline: Path, dataset: Path, cache_dir: Path) -> Path:
     inputs = splits.test.inputs
     if inputs.dtype != np.float32:
         raise RecipeError(f"{dataset.name}: 'inputs' is {inputs.dtype}; save it as float32")
-    session = ort.InferenceSession(str(baseline), providers=["CPUExecutionProvider"])
-    declared = session.get_inputs()[0]
-    step = declared.shape[0] if isinstance(declared.shape[0], int) and declared.shape[0] > 0 else 256
     try:
-        outputs = [session.run(None, {declared.name: inputs[i : i + step]})[0] for i in range(0, len(inputs), step)]
-    except Exception as exc:  # onnxruntime's own error types
-        raise RecipeError(
-            f"{dataset.name} does not fit the model's input {declared.name} {declared.shape}: {exc}"
-        ) from None
-    arrays = {"inputs": inputs, "reference_outputs": np.concatenate(outputs).astype(np.float32)}
+        reference = onnx_first_output(baseline, inputs, whole_batches_only=False)
+    except RecipeError as exc:
+        raise RecipeError(f"{dataset.name} {exc}") from None
+    arrays = {"inputs": inputs, "reference_outputs": reference.astype(np.float32)}
     if splits.test.labels is not None:
         arrays["labels"] = splits.test.labels
     cache_dir.mkdir(parents=True, exist_ok=True)

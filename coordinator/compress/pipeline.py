@@ -25,6 +25,7 @@ import numpy as np
 
 from coordinator.compress.base import DataSplits, Log, NotApplicable, RecipeError, StepReport
 from coordinator.compress.recipe import MODULES, Recipe
+from coordinator.dispatch.client import sha256_file
 
 CACHE_VERSION = "1"
 
@@ -49,37 +50,37 @@ class BuiltVariant:
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(4 * 2**20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def zip_size(path: Path) -> int:
     """Size after DEFLATE (what sparse weights buy in storage and download)."""
     return len(zlib.compress(path.read_bytes(), 6))
 
 
-def top1_onnx(path: Path, data: DataSplits) -> float | None:
-    """Top-1 accuracy of an ONNX model on the held-out split (None without labels)."""
-    if data.test.labels is None:
-        return None
+def onnx_first_output(path: Path, inputs: np.ndarray, *, whole_batches_only: bool) -> np.ndarray:
+    """The model's first output over `inputs`, batch by batch (256 at a time for a dynamic batch axis). A fixed
+    batch axis cannot take a partial last batch: with `whole_batches_only` the trailing rows are left out,
+    otherwise they are fed as they are (and a model that refuses them is reported)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     declared = session.get_inputs()[0]
     fixed = isinstance(declared.shape[0], int) and declared.shape[0] > 0
     step = declared.shape[0] if fixed else 256
-    # A fixed batch axis cannot take a partial last batch; a dynamic one can.
-    usable = len(data.test) - len(data.test) % step if fixed else len(data.test)
-    correct = 0
-    for start in range(0, usable, step):
-        batch = data.test.inputs[start : start + step].astype(np.float32)
-        logits = session.run(None, {declared.name: batch})[0]
-        correct += int((logits.argmax(axis=1) == data.test.labels[start : start + step]).sum())
-    return correct / usable if usable else None
+    usable = len(inputs) - len(inputs) % step if fixed and whole_batches_only else len(inputs)
+    try:
+        outputs = [session.run(None, {declared.name: inputs[i : i + step]})[0] for i in range(0, usable, step)]
+    except Exception as exc:  # onnxruntime's own error types
+        raise RecipeError(f"does not fit the model's input {declared.name} {declared.shape}: {exc}") from None
+    return np.concatenate(outputs) if outputs else np.empty((0,), dtype=np.float32)
+
+
+def top1_onnx(path: Path, data: DataSplits) -> float | None:
+    """Top-1 accuracy of an ONNX model on the held-out split (None without labels)."""
+    if data.test.labels is None:
+        return None
+    logits = onnx_first_output(path, data.test.inputs.astype(np.float32), whole_batches_only=True)
+    if not len(logits):
+        return None
+    return int((logits.argmax(axis=1) == data.test.labels[: len(logits)]).sum()) / len(logits)
 
 
 def _technique(name: str) -> Any:

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from coordinator.compress.base import RecipeError
-from coordinator.compress.pipeline import SourceModel, sha256_file
+from coordinator.compress.pipeline import SourceModel
+from coordinator.dispatch.client import sha256_file
 
 BUILTIN = "builtin"
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from coordinator.compress.base import load_splits
-from coordinator.compress.pipeline import SourceModel, VariantBuilder, sha256_file
+from coordinator.compress.pipeline import SourceModel, VariantBuilder
 from coordinator.compress.recipe import parse_recipe
+from coordinator.dispatch.client import sha256_file
 from coordinator.models.synthetic import build_cnn, make_dataset
 
 
