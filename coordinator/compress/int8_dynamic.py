@@ -20,15 +20,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-import onnx
-
-from coordinator.compress.base import DataSplits, Log, NotApplicable, StepReport, param_choice
+from coordinator.compress.base import DataSplits, Log, StepReport, param_choice
 from coordinator.compress.int8_static import (
     CPUINFO,
     bool_param,
-    install,
-    int_initializer_count,
-    quant_node_counts,
+    publish_quantized,
     quiet_quantizer,
     reduce_range_decision,
     reject_unknown,
@@ -74,30 +70,23 @@ class Int8Dynamic:
                     weight_type=weight_type,
                     use_external_data_format=False,
                 )
-            quantized = onnx.load_model(str(out))
-            counts = quant_node_counts(quantized)
-            int_inits = int_initializer_count(quantized)
-            del quantized
-            if not counts:
-                raise NotApplicable(f"{self.name}: no MatMul/Gemm/Conv/Attention/LSTM/Gather to quantize dynamically")
-            install(out, target)
+            sizes = publish_quantized(
+                out, target, source, f"{self.name}: no MatMul/Gemm/Conv/Attention/LSTM/Gather to quantize dynamically"
+            )
 
-        before, after = source.stat().st_size, target.stat().st_size
         notes: dict[str, Any] = {
             "per_channel": per_channel,
             "weights": weights,
             "reduce_range": reduce_range,
             "reduce_range_reason": reduce_reason,
-            "size_before_bytes": before,
-            "size_after_bytes": after,
-            "size_ratio": round(after / before, 4),
-            "quantized_nodes": sum(counts.values()),
-            "quant_node_types": counts,
-            "int8_initializers": int_inits,
+            **sizes,
         }
-        if "ConvInteger" in counts:
+        if "ConvInteger" in sizes["quant_node_types"]:
             notes["warning"] = "ConvInteger (dynamic Conv) is usually slower than FP32 on CPU; prefer int8 for CNNs"
-        log(f"{self.name}: {before} -> {after} bytes ({after / before:.1%}), nodes {counts}")
+        log(
+            f"{self.name}: {sizes['size_before_bytes']} -> {sizes['size_after_bytes']} bytes "
+            f"({sizes['size_ratio']:.1%}), nodes {sizes['quant_node_types']}"
+        )
         return StepReport(technique=self.name, params=dict(params), notes=notes, seconds=time.perf_counter() - started)
 
 

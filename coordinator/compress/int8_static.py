@@ -51,9 +51,9 @@ __all__ = [
     "Int8Static",
     "batches",
     "check_inputs",
-    "count_quantized_nodes",
     "entropy_ranges",
     "input_signature",
+    "publish_quantized",
     "quant_node_counts",
     "reduce_range_decision",
     "reject_unknown",
@@ -198,11 +198,6 @@ def quant_node_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def count_quantized_nodes(model: onnx.ModelProto) -> int:
-    """Total number of quantization-related nodes (see `quant_node_counts`)."""
-    return sum(quant_node_counts(model).values())
-
-
 def int_initializer_count(model: onnx.ModelProto) -> int:
     """Number of initializers stored as 8-bit integers (the quantized weights)."""
     return sum(1 for t in model.graph.initializer if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8))
@@ -227,6 +222,27 @@ def int_param(params: Mapping[str, str], key: str, default: int, *, low: int, hi
     if value != int(value):
         raise RecipeError(f"parameter {key}={params.get(key)} must be a whole number")
     return int(value)
+
+
+def publish_quantized(out: Path, target: Path, source: Path, nothing_quantized: str) -> dict[str, Any]:
+    """Count what quantization put into `out`; refuse an output in which nothing was quantized
+    (NotApplicable(nothing_quantized)); install it as `target`; return the size and node-count notes."""
+    quantized = onnx.load_model(str(out))
+    counts = quant_node_counts(quantized)
+    int_inits = int_initializer_count(quantized)
+    del quantized
+    if not counts:
+        raise NotApplicable(nothing_quantized)
+    install(out, target)
+    before, after = source.stat().st_size, target.stat().st_size
+    return {
+        "size_before_bytes": before,
+        "size_after_bytes": after,
+        "size_ratio": round(after / before, 4),
+        "quantized_nodes": sum(counts.values()),
+        "quant_node_types": counts,
+        "int8_initializers": int_inits,
+    }
 
 
 def install(tmp_file: Path, target: Path) -> None:
@@ -407,24 +423,16 @@ class Int8Static:
                     use_external_data_format=False,
                     calibration_cache_path=cache,
                 )
-            quantized = onnx.load_model(str(out))
-            counts = quant_node_counts(quantized)
-            int_inits = int_initializer_count(quantized)
-            del quantized
-            if not counts:
-                raise NotApplicable(f"{self.name}: onnxruntime found nothing to quantize in this model")
-            install(out, target)
+            notes.update(
+                publish_quantized(
+                    out, target, source, f"{self.name}: onnxruntime found nothing to quantize in this model"
+                )
+            )
 
-        before, after = source.stat().st_size, target.stat().st_size
-        notes.update(
-            size_before_bytes=before,
-            size_after_bytes=after,
-            size_ratio=round(after / before, 4),
-            quantized_nodes=sum(counts.values()),
-            quant_node_types=counts,
-            int8_initializers=int_inits,
+        log(
+            f"{self.name}: {notes['size_before_bytes']} -> {notes['size_after_bytes']} bytes "
+            f"({notes['size_ratio']:.1%}), {notes['quantized_nodes']} Q/DQ nodes"
         )
-        log(f"{self.name}: {before} -> {after} bytes ({after / before:.1%}), {sum(counts.values())} Q/DQ nodes")
         return StepReport(
             technique=self.name,
             params=dict(params),
