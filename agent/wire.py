@@ -27,6 +27,7 @@ from agent.types import (
     InputSpec,
     JobEvent,
     JobState,
+    MeasurementPlan,
 )
 from agent.validate import MAX_ITERATIONS
 from protos.edgebench.agent.v1 import agent_pb2 as pb
@@ -206,23 +207,10 @@ def job_to_pb(job: BenchmarkJob) -> pb.BenchmarkJob:
 
 def job_from_pb(msg: pb.BenchmarkJob) -> BenchmarkJob:
     """Decode a job; fields the client left unset get the agent's defaults (documented in the README)."""
-    defaults = BenchmarkJob(job_id="", model=read_model_default(), runtime=read_runtime_default())
-    plan = read(type(defaults.plan), msg.plan, "job.plan") if msg.HasField("plan") else defaults.plan
+    plan = read(MeasurementPlan, msg.plan, "job.plan") if msg.HasField("plan") else MeasurementPlan()
     if plan.max_iterations == 0:
         plan = dataclasses.replace(plan, max_iterations=MAX_ITERATIONS)
     return read(BenchmarkJob, msg, "job", skip=("inputs", "plan"), inputs=_input_spec_from_pb(msg.inputs), plan=plan)
-
-
-def read_model_default() -> Any:
-    from agent.types import ModelFormat, ModelRef
-
-    return ModelRef("", ModelFormat.NULL)
-
-
-def read_runtime_default() -> Any:
-    from agent.types import RuntimeConfig
-
-    return RuntimeConfig("")
 
 
 def result_to_pb(result: BenchmarkResult) -> pb.BenchmarkResult:

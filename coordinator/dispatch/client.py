@@ -170,7 +170,3 @@ class AgentClient:
             pb.GetBenchmarkResultRequest(job_id=job_id), metadata=self._metadata, timeout=self.timeout_s
         )
         return response
-
-
-def read_token(path: Path | str) -> str:
-    return Path(path).read_text().strip()
