@@ -14,13 +14,15 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
-stamp=.venv/.edgebench-$profile-$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.edgebench-$profile-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   "${pip[@]}" install --upgrade pip >/dev/null
   .venv/bin/python -c 'import torch' 2>/dev/null || "${pip[@]}" install "$TORCH_PIN"
   case "$profile" in
-    dev)  "${pip[@]}" install -e ".[dev]" ;;
-    demo) "${pip[@]}" install -e ".[agent,onnxruntime,coordinator]" ;;
+    # The pin goes with the extras too: without it the resolver may pick an older litert-torch that wants
+    # an older torch and silently replace the CPU wheel.
+    dev)  "${pip[@]}" install "$TORCH_PIN" -e ".[dev]" ;;
+    demo) "${pip[@]}" install "$TORCH_PIN" -e ".[agent,onnxruntime,openvino,litert,coordinator,convert-openvino,convert-tflite]" ;;
     *) echo "unknown profile $profile (dev|demo)" >&2; exit 2 ;;
   esac
   touch "$stamp"
