@@ -9,7 +9,7 @@ variant's fidelity is measured against the original.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +18,10 @@ import numpy as np
 from coordinator.compress.base import RecipeError, load_splits
 from coordinator.compress.pipeline import VariantBuilder, build_all, onnx_first_output, zip_size
 from coordinator.compress.recipe import parse_recipes
+from coordinator.convert.targets import TARGET_FORMATS, convert_all, precision_of
 from coordinator.dispatch.client import sha256_file
 from coordinator.models.sources import BUILTIN, resolve_source
-from coordinator.types import Variant
+from coordinator.types import Artifact, Variant
 
 #: Formats benchmarked as given (no compression, no reference outputs computed here).
 DIRECT_FORMATS = {".xml": "openvino_ir", ".tflite": "tflite", ".mlpackage": "coreml", ".json": "null"}
@@ -99,7 +100,9 @@ def prepare(
     weights: Path | None = None,
     input_shape: str = "",
     log: Callable[[str], None] = lambda _m: None,
+    formats: Sequence[str] = (),
 ) -> Prepared:
+    """Build every variant as ONNX and convert it to each of `formats` (see `coordinator.convert.targets`)."""
     if Path(model).suffix in DIRECT_FORMATS:
         return _direct(Path(model), recipes, dataset)
     parsed = parse_recipes(recipes)
@@ -114,7 +117,9 @@ def prepare(
     source = resolve_source(model, weights=weights, input_shape=input_shape, dataset=dataset)
     data = load_splits(dataset) if dataset else None
     builder = VariantBuilder(cache_dir / "variants", log)
-    built = build_all(builder, source, parsed, data, sha256_file(dataset) if dataset else "")
+    dataset_sha256 = sha256_file(dataset) if dataset else ""
+    built = build_all(builder, source, parsed, data, dataset_sha256)
+    targets = [f for f in formats if f in TARGET_FORMATS]
     variants = []
     for b in built:
         if b.path is None:
@@ -131,6 +136,12 @@ def prepare(
                 )
             )
             continue
+        others: tuple[Artifact, ...] = ()
+        unconverted: tuple[tuple[str, str], ...] = ()
+        if targets:
+            stage = builder.stage(source, b.recipe, dataset_sha256)
+            folder = builder.folder(source, b.recipe, dataset_sha256)
+            others, unconverted = convert_all(targets, stage, b.recipe, data, folder, log)
         variants.append(
             Variant(
                 b.recipe.name,
@@ -142,6 +153,9 @@ def prepare(
                 parent_sha256=b.manifest.get("parent_sha256", ""),
                 compressed_bytes=int(b.manifest.get("zip_bytes", 0) or 0) or zip_size(b.path),
                 notes=source.description if b.recipe.is_baseline else "",
+                others=others,
+                unconverted=unconverted,
+                precision=precision_of(b.recipe),
             )
         )
     bench = reference_dataset(builder.baseline(source), dataset, cache_dir) if dataset else None

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from coordinator.compress.base import RecipeError
+from coordinator.convert.targets import TARGET_FORMATS
 from coordinator.dispatch.client import sha256_file
 from coordinator.dispatch.dispatcher import Dispatcher, OnEvent
 from coordinator.dispatch.plan import default_runtimes, plan_jobs
 from coordinator.fleet import probe_all
 from coordinator.prepare import prepare
 from coordinator.store.sqlite import Store
-from coordinator.types import Device, MeasurementSettings, RunData, RunSpec
+from coordinator.types import Device, DeviceProbe, MeasurementSettings, RunData, RunSpec
 
 DEFAULT_SETTINGS = MeasurementSettings()
 
@@ -41,6 +42,17 @@ def resolve_devices(store: Store, selection: str) -> list[Device]:
     return [by_name[w] for w in wanted]
 
 
+def wanted_formats(probes: Iterable[DeviceProbe], runtimes: Sequence[str] = ()) -> tuple[str, ...]:
+    """Every model format some reachable device's available runtime takes (only `runtimes`, if named)."""
+    found: dict[str, None] = {}
+    for p in probes:
+        if p.online and p.compatible:
+            for rt in p.runtimes:
+                if rt.available and (not runtimes or rt.name in runtimes):
+                    found.update(dict.fromkeys(rt.formats))
+    return tuple(found)
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
@@ -60,9 +72,16 @@ def start_run(
     weights: Path | None = None,
     input_shape: str = "",
     log: Callable[[str], None] = lambda _m: None,
+    formats: Sequence[str] | None = None,
 ) -> RunData:
     """Build the variants, plan a run, store it (every job before the first is sent), then dispatch it."""
     chosen = resolve_devices(store, devices)
+    # Probe first: which formats the variants are converted to follows from what the devices can run.
+    probes = probe_all(chosen)
+    wanted = wanted_formats(probes.values(), runtimes) if formats is None else tuple(formats)
+    unknown = [f for f in wanted if f not in ("onnx", "null", *TARGET_FORMATS)]
+    if formats is not None and unknown:
+        raise RunError(f"unknown format(s) {', '.join(unknown)}; choose from onnx, {', '.join(TARGET_FORMATS)}")
     try:
         prepared = prepare(
             str(model),
@@ -72,11 +91,11 @@ def start_run(
             weights=weights,
             input_shape=input_shape,
             log=log,
+            formats=wanted,
         )
     except RecipeError as exc:
         raise RunError(str(exc)) from None
     built, dataset = prepared.variants, prepared.dataset
-    probes = probe_all(chosen)
     runtime_names = tuple(runtimes) or default_runtimes(probes.values(), built)
     if not runtime_names:
         raise RunError("no device offers a runtime for this model's format; see `edgebench fleet list`")
@@ -108,14 +127,14 @@ def resume_run(
     """Run only the jobs of `run_id` that have no final result (unreachable, cancelled, interrupted)."""
     run = store.load_run(run_id)
     for variant in run.variants:
-        if not variant.sha256:
-            continue  # a variant that was not built (its cells are SKIPPED)
-        path = Path(variant.path)
-        if not path.is_file() or sha256_file(path) != variant.sha256:
-            raise RunError(
-                f"variant {variant.name}: {path} is missing or changed since the run started; "
-                "restore it or start a new run"
-            )
+        # Variants that were not built have no artifacts (their cells are SKIPPED).
+        for art in variant.artifacts():
+            for path, sha in ((art.path, art.sha256), *((p, s) for _n, p, s in art.companions)):
+                if not Path(path).is_file() or sha256_file(Path(path)) != sha:
+                    raise RunError(
+                        f"variant {variant.name} ({art.format}): {path} is missing or changed since the run "
+                        "started; restore it or start a new run"
+                    )
     if run.spec.dataset_path and (
         not Path(run.spec.dataset_path).is_file() or sha256_file(Path(run.spec.dataset_path)) != run.spec.dataset_sha256
     ):

@@ -7,7 +7,9 @@ validates them: results from agents are untrusted input).
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -94,8 +96,28 @@ class DeviceProbe:
 
 
 @dataclass(frozen=True)
+class Artifact:
+    """One file (plus companions) in one format: what an agent receives for one job."""
+
+    format: str  # "onnx", "openvino_ir", "tflite", "coreml", "torch_export", "null"
+    path: str
+    sha256: str
+    size_bytes: int
+    #: (name on the agent, local path, sha256) of files that go next to the main one (an IR's model.bin).
+    companions: tuple[tuple[str, str, str], ...] = ()
+    #: How it was made (converter, precision), shown in reports.
+    notes: str = ""
+
+    @property
+    def total_bytes(self) -> int:
+        return self.size_bytes + sum(Path(p).stat().st_size for _n, p, _s in self.companions if Path(p).exists())
+
+
+@dataclass(frozen=True)
 class Variant:
-    """One artifact to benchmark: the model itself (`fp32`) or a compressed/converted form of it."""
+    """One model variant (the model itself, `fp32`, or a compressed form of it). Its primary artifact is the
+    one in `path`/`sha256`/`format` (ONNX for built variants); `others` hold the same variant converted for
+    other runtimes (OpenVINO IR, TFLite, ...), and `unconverted` says, per wanted format, why it is missing."""
 
     name: str
     path: str
@@ -107,6 +129,34 @@ class Variant:
     #: Size when zip-compressed (shows what sparsity buys in storage); 0 if not measured.
     compressed_bytes: int = 0
     notes: str = ""
+    others: tuple[Artifact, ...] = ()
+    unconverted: tuple[tuple[str, str], ...] = ()
+    #: What the runtime is asked to compute in: "fp32" (also the hint for INT8 models' float parts) or "fp16".
+    precision: str = "fp32"
+
+    def artifacts(self) -> tuple[Artifact, ...]:
+        primary = (Artifact(self.format, self.path, self.sha256, self.size_bytes),) if self.sha256 else ()
+        return primary + self.others
+
+    def artifact_for(self, formats: Sequence[str]) -> Artifact | None:
+        """The artifact for a runtime that accepts `formats` (in its order of preference), if there is one."""
+        by_format = {a.format: a for a in self.artifacts()}
+        return next((by_format[f] for f in formats if f in by_format), None)
+
+    def why_not(self, formats: Sequence[str]) -> str:
+        """Why no artifact in `formats` exists (conversion reasons), or "" if none was recorded."""
+        return "; ".join(f"{fmt}: {why}" for fmt, why in self.unconverted if fmt in formats)
+
+
+def variant_from_json(data: dict[str, Any]) -> Variant:
+    """Inverse of `dataclasses.asdict` for a Variant (JSON turned its tuples into lists)."""
+    fields = dict(data)
+    fields["others"] = tuple(
+        Artifact(**{**a, "companions": tuple(tuple(c) for c in a.get("companions", ()))})
+        for a in fields.get("others", ())
+    )
+    fields["unconverted"] = tuple(tuple(u) for u in fields.get("unconverted", ()))
+    return Variant(**fields)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,13 @@ def run(
         int, typer.Option(min=0, help="Devices measured at once (0 = all; 1 when agents share a host).")
     ] = 0,
     resume: Annotated[str, typer.Option(help="Run ID: run only its jobs without a final result.")] = "",
+    formats: Annotated[
+        str,
+        typer.Option(
+            help="Formats to convert variants to: 'auto' (what the devices' runtimes take), or a list of "
+            "openvino_ir,tflite,coreml,torch_export (ONNX is always built)."
+        ),
+    ] = "auto",
 ) -> None:
     """Plan jobs (variant x device x runtime each device can run), upload what agents lack, run devices
     concurrently (one job at a time per device), store each result on arrival, then summarise."""
@@ -92,6 +99,7 @@ def run(
                         devices=devices,
                         runtimes=[r for r in runtimes.split(",") if r],
                         variants=[variants],
+                        formats=None if formats == "auto" else [f for f in formats.split(",") if f],
                         weights=weights,
                         input_shape=input_shape,
                         log=lambda m: console.print(m, markup=False, highlight=False),

@@ -27,7 +27,8 @@ from coordinator.compress.base import DataSplits, Log, NotApplicable, RecipeErro
 from coordinator.compress.recipe import MODULES, Recipe
 from coordinator.dispatch.client import sha256_file
 
-CACHE_VERSION = "1"
+#: 2: variants keep their torch-stage program (stage.pt2) and ONNX (stage.onnx) for format converters.
+CACHE_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,18 @@ class SourceModel:
     torch_model: Any = None
     example_shape: tuple[int, ...] = ()
     description: str = ""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A variant as it stands before its ONNX-level steps (INT8, FP16): what converters to other formats start
+    from, since each format has its own quantizer. `program` is a torch.export file (None, with the reason,
+    when the model came as ONNX or could not be exported)."""
+
+    onnx: Path
+    program: Path | None
+    program_missing: str = ""
+    example_shape: tuple[int, ...] = ()
 
 
 @dataclass
@@ -95,6 +108,21 @@ def _export(model: Any, example_shape: tuple[int, ...], target: Path) -> None:
     export_onnx(model, torch.zeros(example_shape, dtype=torch.float32), target)
 
 
+def _save_program(model: Any, example_shape: tuple[int, ...], target: Path) -> tuple[Path | None, str]:
+    """Save `model` as a torch.export program (atomically); (None, reason) if torch.export cannot trace it."""
+    import torch
+
+    tmp = target.with_suffix(".tmp.pt2")
+    try:
+        program = torch.export.export(model.eval(), (torch.zeros(example_shape, dtype=torch.float32),))
+        torch.export.save(program, str(tmp))
+    except Exception as exc:  # torch.export raises many kinds (Unsupported, UserError, ...)
+        tmp.unlink(missing_ok=True)
+        return None, f"torch.export could not trace the model: {type(exc).__name__}: {str(exc)[:300]}"
+    tmp.replace(target)
+    return target, ""
+
+
 class VariantBuilder:
     def __init__(self, cache_dir: Path, log: Log = lambda _m: None) -> None:
         self.cache_dir = cache_dir
@@ -113,12 +141,40 @@ class VariantBuilder:
             tmp.replace(target)
         return target
 
+    def baseline_program(self, source: SourceModel) -> tuple[Path | None, str]:
+        """The uncompressed model as a torch.export program (cached), or None and why not."""
+        if source.torch_model is None:
+            return None, "the model was given as ONNX; converters that start from PyTorch need the PyTorch model"
+        target = self.cache_dir / f"{source.sha256[:16]}-fp32.pt2"
+        if target.exists():
+            return target, ""
+        return _save_program(source.torch_model, source.example_shape, target)
+
+    def folder(self, source: SourceModel, recipe: Recipe, dataset_sha256: str) -> Path:
+        """Where a (non-baseline) variant and everything converted from it are cached."""
+        if recipe.is_baseline:
+            return self.cache_dir / f"{source.sha256[:16]}-fp32"
+        key = hashlib.sha256(f"{CACHE_VERSION}|{source.sha256}|{recipe.name}|{dataset_sha256}".encode()).hexdigest()
+        return self.cache_dir / key[:24]
+
+    def stage(self, source: SourceModel, recipe: Recipe, dataset_sha256: str) -> Stage:
+        """The variant before its ONNX-level steps (see `Stage`); the variant must have been built."""
+        if not any(s.stage == "torch" for s in recipe.steps):
+            program, missing = self.baseline_program(source)
+            return Stage(self.baseline(source), program, missing, source.example_shape)
+        folder = self.folder(source, recipe, dataset_sha256)
+        onnx = folder / "stage.onnx" if (folder / "stage.onnx").exists() else folder / "variant.onnx"
+        manifest = json.loads((folder / "manifest.json").read_text())
+        program = folder / "stage.pt2"
+        if program.exists():
+            return Stage(onnx, program, "", source.example_shape)
+        return Stage(onnx, None, str(manifest.get("stage_program_error", "no torch.export program")), ())
+
     def build(self, source: SourceModel, recipe: Recipe, data: DataSplits | None, dataset_sha256: str) -> BuiltVariant:
         if recipe.is_baseline:
             path = self.baseline(source)
             return BuiltVariant(recipe, path, sha256_file(path), manifest={"recipe": "fp32", "parent_sha256": ""})
-        key = hashlib.sha256(f"{CACHE_VERSION}|{source.sha256}|{recipe.name}|{dataset_sha256}".encode()).hexdigest()
-        folder = self.cache_dir / key[:24]
+        folder = self.folder(source, recipe, dataset_sha256)
         cached = self._cached(folder)
         if cached is not None:
             return BuiltVariant(recipe, folder / "variant.onnx", cached["sha256"], cached.get("skipped", ""), cached)
@@ -153,6 +209,7 @@ class VariantBuilder:
         if data is None:
             raise RecipeError(f"{recipe.name}: compression needs a dataset (--dataset D.npz, see README 'Datasets')")
         reports: list[StepReport] = []
+        program_error = ""
         torch_steps = [s for s in recipe.steps if s.stage == "torch"]
         onnx_steps = [s for s in recipe.steps if s.stage == "onnx"]
         with tempfile.TemporaryDirectory(prefix="edgebench-compress-") as tmp:
@@ -172,6 +229,10 @@ class VariantBuilder:
                     reports.append(report)
                 model.eval()
                 _export(model, source.example_shape, current)
+                folder.mkdir(parents=True, exist_ok=True)
+                _path, program_error = _save_program(model, source.example_shape, folder / "stage.pt2")
+                if onnx_steps:
+                    shutil.copyfile(current, folder / "stage.onnx")
             else:
                 shutil.copyfile(self.baseline(source), current)
             for i, step in enumerate(onnx_steps, start=1):
@@ -195,6 +256,7 @@ class VariantBuilder:
             "baseline_size_bytes": baseline.stat().st_size,
             "accuracy_top1": top1_onnx(final, data),
             "baseline_accuracy_top1": top1_onnx(baseline, data),
+            "stage_program_error": program_error,
             "steps": [
                 {"technique": r.technique, "params": r.params, "seconds": round(r.seconds, 2), "notes": r.notes}
                 for r in reports

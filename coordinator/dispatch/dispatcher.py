@@ -23,7 +23,7 @@ from coordinator.dispatch.plan import job_id as make_job_id
 from coordinator.dispatch.wire import ResultRejected, build_job, job_state_name, phase_name, result_from_pb
 from coordinator.fleet import DeviceConfigError, connect, describe_rpc_error, probe
 from coordinator.store.sqlite import Store
-from coordinator.types import Device, DeviceProbe, JobRecord, JobStatus, ResultData, RunData, Variant
+from coordinator.types import Artifact, Device, DeviceProbe, JobRecord, JobStatus, ResultData, RunData, Variant
 from protos.edgebench.agent.v1 import agent_pb2 as pb
 
 #: Beyond the job's own wall-time limit: queueing on the agent, process start, result transfer.
@@ -141,10 +141,14 @@ class Dispatcher:
             self._store.record_probe(run.spec.run_id, found)
         self._emit(DispatchEvent(name, "device", message="online" if found.online else found.error))
         runnable = []
+        artifacts: dict[str, Artifact] = {}
         for job in jobs:
             status, message = cell_verdict(found, variants[job.variant], job.runtime)
-            if status is JobStatus.PENDING:
+            rt = found.runtime(job.runtime)
+            art = variants[job.variant].artifact_for(rt.formats) if rt else None
+            if status is JobStatus.PENDING and art is not None:
                 runnable.append(job)
+                artifacts[job.job_id] = art
             else:
                 self._fail_all([job], status, message)
         if not runnable:
@@ -156,14 +160,14 @@ class Dispatcher:
             return
         with client:
             try:
-                self._upload(client, name, runnable, variants, run.spec.dataset_path, run.spec.dataset_sha256)
+                self._upload(client, name, list(artifacts.values()), run.spec.dataset_path, run.spec.dataset_sha256)
             except grpc.RpcError as exc:
                 status = JobStatus.FAILED if exc.code() in REFUSALS else JobStatus.UNREACHABLE
                 self._fail_all(runnable, status, f"upload to {name} failed: {describe_rpc_error(exc)}")
                 return
             for i, job in enumerate(runnable):
                 try:
-                    self._job(client, run, job, variants[job.variant])
+                    self._job(client, run, job, variants[job.variant], artifacts[job.job_id])
                 except DeviceUnreachable as exc:
                     self._fail_all([job], JobStatus.UNREACHABLE, str(exc))
                     self._fail_all(
@@ -177,12 +181,12 @@ class Dispatcher:
         self,
         client: AgentClient,
         name: str,
-        jobs: list[JobRecord],
-        variants: dict[str, Variant],
+        artifacts: list[Artifact],
         dataset_path: str,
         dataset_sha256: str,
     ) -> None:
-        needed = {variants[j.variant].sha256: variants[j.variant].path for j in jobs}
+        needed = {a.sha256: a.path for a in artifacts}
+        needed.update({sha: path for a in artifacts for _name, path, sha in a.companions})
         if dataset_sha256:
             needed[dataset_sha256] = dataset_path
         missing = client.find_missing(list(needed))
@@ -216,14 +220,14 @@ class Dispatcher:
             )
         )
 
-    def _job(self, client: AgentClient, run: RunData, job: JobRecord, variant: Variant) -> None:
+    def _job(self, client: AgentClient, run: RunData, job: JobRecord, variant: Variant, artifact: Artifact) -> None:
         job_id = job.job_id
         if job.status is not JobStatus.PENDING or job.attempt > 1:
             job_id = self._recover(client, job)
             if not job_id:
                 return
         self._store.set_job_status(job_id, JobStatus.RUNNING)
-        request = build_job(job_id, variant, job.runtime, run.spec.settings, run.spec.dataset_sha256)
+        request = build_job(job_id, variant, job.runtime, run.spec.settings, run.spec.dataset_sha256, artifact)
         dispatched = time.time_ns()
         deadline = 0.0
         while True:

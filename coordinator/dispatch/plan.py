@@ -37,14 +37,20 @@ def cell_verdict(probe: DeviceProbe, variant: Variant, runtime: str) -> tuple[Jo
         return JobStatus.SKIPPED, f"agent does not know runtime {runtime!r} (it knows {known})"
     if not rt.available:
         return JobStatus.SKIPPED, f"{runtime} unavailable on {probe.name}: {rt.reason}"
-    if variant.format not in rt.formats:
-        return JobStatus.SKIPPED, f"{runtime} does not run {variant.format} models (it runs {', '.join(rt.formats)})"
+    if variant.artifact_for(rt.formats) is None:
+        have = ", ".join(a.format for a in variant.artifacts())
+        why = variant.why_not(rt.formats)
+        return JobStatus.SKIPPED, (
+            f"{runtime} runs {', '.join(rt.formats) or 'no known format'}; variant {variant.name} exists as {have}"
+            + (f" ({why})" if why else "")
+        )
     return JobStatus.PENDING, ""
 
 
 def default_runtimes(probes: Iterable[DeviceProbe], variants: Sequence[Variant]) -> tuple[str, ...]:
-    """Every runtime that at least one online device offers for at least one variant's format."""
-    formats = {v.format for v in variants}
+    """Every runtime that at least one online device offers for a format some variant exists in (or was wanted
+    in: a runtime whose conversion failed still gets its SKIPPED cells, with the reason)."""
+    formats = {a.format for v in variants for a in v.artifacts()} | {f for v in variants for f, _ in v.unconverted}
     names: dict[str, None] = {}
     for probe in probes:
         if not (probe.online and probe.compatible):

@@ -15,7 +15,15 @@ from typing import Any, Literal
 import numpy as np
 from google.protobuf import json_format
 
-from coordinator.types import DeviceProbe, JobStatus, MeasurementSettings, ResultData, RuntimeStatus, Variant
+from coordinator.types import (
+    Artifact,
+    DeviceProbe,
+    JobStatus,
+    MeasurementSettings,
+    ResultData,
+    RuntimeStatus,
+    Variant,
+)
 from protos.edgebench.agent.v1 import agent_pb2 as pb
 from protos.version import CURRENT, Version, check_compatibility
 
@@ -180,14 +188,34 @@ def offline_probe(name: str, address: str, error: str) -> DeviceProbe:
     return DeviceProbe(name=name, address=address, online=False, error=error[:2000], probed_at_ns=time.time_ns())
 
 
+#: Variant.precision -> the hint runtimes with a precision knob get (OpenVINO, TensorRT). FP32 is sent
+#: explicitly: OpenVINO would otherwise run bf16 on CPUs that have it, and the number would not mean FP32.
+PRECISION_HINTS = {"fp32": pb.PRECISION_HINT_FP32, "fp16": pb.PRECISION_HINT_FP16, "int8": pb.PRECISION_HINT_INT8}
+
+
 def build_job(
-    job_id: str, variant: Variant, runtime: str, settings: MeasurementSettings, dataset_sha256: str
+    job_id: str,
+    variant: Variant,
+    runtime: str,
+    settings: MeasurementSettings,
+    dataset_sha256: str,
+    artifact: Artifact | None = None,
 ) -> pb.BenchmarkJob:
+    """The job for one cell; `artifact` is the variant's file in the format the runtime takes (default: the
+    primary one)."""
+    art = artifact or variant.artifacts()[0]
     job = pb.BenchmarkJob(
         job_id=job_id,
-        model=pb.ModelRef(sha256=variant.sha256, format=FORMATS[variant.format]),
+        model=pb.ModelRef(
+            sha256=art.sha256,
+            format=FORMATS[art.format],
+            companions=[pb.CompanionFile(name=n, sha256=s) for n, _p, s in art.companions],
+        ),
         runtime=pb.RuntimeConfig(
-            name=runtime, intra_op_threads=settings.threads, options=dict(settings.runtime_options)
+            name=runtime,
+            intra_op_threads=settings.threads,
+            options=dict(settings.runtime_options),
+            precision_hint=PRECISION_HINTS.get(variant.precision, pb.PRECISION_HINT_FP32),
         ),
         accuracy_pass=settings.accuracy and bool(dataset_sha256),
         memory_pass=True,

@@ -26,7 +26,7 @@ from coordinator.report.schema import (
     Provenance,
     Thresholds,
 )
-from coordinator.types import JobRecord, JobStatus, MeasurementSettings, Variant
+from coordinator.types import Artifact, JobRecord, JobStatus, MeasurementSettings, Variant
 from protos import stats
 
 #: The flag prefixes (text before the first ':') that make a succeeded cell INVALID; see schema.md.
@@ -238,13 +238,12 @@ def _flags(
     throttling = _throttling(prov, thresholds)
     if throttling:
         flags.append(throttling)
-    if (
-        variant is not None
-        and prov.model_sha256
-        and variant.sha256
-        and prov.model_sha256.lower() != variant.sha256.lower()
-    ):
-        flags.append(f"wrong model: ran sha256 {prov.model_sha256[:12]}…, variant is {variant.sha256[:12]}…")
+    shas = {a.sha256.lower() for a in variant.artifacts()} if variant is not None else set()
+    if prov.model_sha256 and shas and prov.model_sha256.lower() not in shas:
+        flags.append(
+            f"wrong model: ran sha256 {prov.model_sha256[:12]}…, none of variant {variant.name if variant else ''}'s "
+            f"files ({', '.join(sorted(s[:12] + '…' for s in shas))})"
+        )
     if prov.batch_size is not None and prov.batch_size != settings.batch:
         flags.append(f"batch mismatch: ran batch {prov.batch_size}, requested {settings.batch}")
     if memory.peak_rss_bytes is not None and memory.model_memory_bytes is None:
@@ -252,6 +251,15 @@ def _flags(
     if expect_accuracy and accuracy.top1 is None and accuracy.top1_agreement is None:
         flags.append("no accuracy: none reported although the run has a dataset")
     return flags
+
+
+def _artifact_that_ran(variant: Variant | None, model_sha256: str) -> Artifact | None:
+    """The variant's file the agent ran (by the sha256 it reported), else its primary file."""
+    if variant is None:
+        return None
+    files = variant.artifacts()
+    ran = next((a for a in files if model_sha256 and a.sha256.lower() == model_sha256.lower()), None)
+    return ran or (files[0] if files else None)
 
 
 def build_cell(
@@ -304,12 +312,16 @@ def build_cell(
             _finite(r.max_abs_error),
             _finite(r.snr_db),
         )
+    ran = _artifact_that_ran(variant, prov.model_sha256)
     model = ModelInfo(
-        format=variant.format if variant else None,
-        sha256=variant.sha256 if variant else None,
-        size_bytes=variant.size_bytes if variant else None,
-        compressed_bytes=(variant.compressed_bytes or None) if variant else None,
+        format=ran.format if ran else None,
+        sha256=ran.sha256 if ran else None,
+        size_bytes=ran.total_bytes if ran else None,
+        compressed_bytes=(variant.compressed_bytes or None)
+        if variant and ran and ran.format == variant.format
+        else None,
         recipe=variant.recipe if variant else None,
+        artifact=ran.notes if ran and ran.notes else None,
     )
     status = job.status.value
     message = job.message or (r.message if r is not None else "")

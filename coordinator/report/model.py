@@ -134,7 +134,16 @@ def build_report(run: RunData, *, max_accuracy_drop: float = 0.01, cv_threshold:
     cells, summaries, rows = summarize_devices(cells, devices, infos, spec.baseline, max_accuracy_drop)
     run_variants = tuple(
         VariantInfo(
-            v.name, v.format, v.sha256, v.size_bytes, v.compressed_bytes or None, v.recipe, v.parent_sha256, v.notes
+            v.name,
+            v.format,
+            v.sha256,
+            v.size_bytes,
+            v.compressed_bytes or None,
+            v.recipe,
+            v.parent_sha256,
+            v.notes,
+            tuple((a.format, a.sha256, a.total_bytes, a.notes) for a in v.others),
+            v.unconverted,
         )
         for v in sorted(run.variants, key=lambda v: rank["variant"].get(v.name, len(rank["variant"])))
     )

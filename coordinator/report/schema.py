@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 #: Bumped on any change of field names, types or meanings (additions included); see schema.md.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 VALID = "VALID"
 INVALID = "INVALID"
@@ -71,6 +71,8 @@ class ModelInfo:
     size_bytes: int | None
     compressed_bytes: int | None
     recipe: str | None
+    #: How the file that ran was made, when it is a converted form (e.g. "OpenVINO IR, NNCF static INT8").
+    artifact: str | None = None
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,10 @@ class VariantInfo:
     recipe: str
     parent_sha256: str
     notes: str
+    #: The same variant converted for other runtimes: (format, sha256, size_bytes incl. companions, how made).
+    converted: tuple[tuple[str, str, int, str], ...] = ()
+    #: (format, reason) for each wanted format it could not be converted to.
+    unconverted: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from coordinator.types import (
     RunSpec,
     RuntimeStatus,
     Variant,
+    variant_from_json,
 )
 
 SCHEMA_VERSION = 1
@@ -358,7 +359,7 @@ class Store:
             "SELECT variant_json FROM run_variants WHERE run_id = ? ORDER BY position", (run_id,)
         )
         device_rows = self._query("SELECT probe_json FROM run_devices WHERE run_id = ? ORDER BY device", (run_id,))
-        variants = tuple(Variant(**json.loads(r[0])) for r in variant_rows)
+        variants = tuple(variant_from_json(json.loads(r[0])) for r in variant_rows)
         devices = tuple(_probe_from(json.loads(r[0])) for r in device_rows)
         return RunData(
             spec=_spec_from(json.loads(row["spec_json"])),

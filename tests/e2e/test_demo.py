@@ -18,8 +18,14 @@ def test_demo_writes_reports_that_open_offline(tmp_path: Path) -> None:
     home, out = tmp_path / "home", tmp_path / "demo"
     env = {**os.environ, "EDGEBENCH_HOME": str(home), "COLUMNS": "200"}
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "coordinator.cli", "demo", "-o", str(out), "--min-duration", "0.5"],
-                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "coordinator.cli", "demo", "-o", str(out), "--min-duration", "0.5"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stdout + done.stderr
     assert elapsed < 180  # the bound for the demo on this 2-core machine (typically ~15 s)
@@ -38,11 +44,23 @@ def test_demo_writes_reports_that_open_offline(tmp_path: Path) -> None:
     assert "seed document" in md.read_text()
     assert "stopped agent demo-1cpu" in done.stdout and "stopped agent demo-allcpus" in done.stdout
     # The agents are gone from the fleet, their results stay.
-    listed = subprocess.run([sys.executable, "-m", "coordinator.cli", "fleet", "list", "--format", "json"],
-                            capture_output=True, text=True, env=env, timeout=60, check=True)
+    listed = subprocess.run(
+        [sys.executable, "-m", "coordinator.cli", "fleet", "list", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
     assert listed.stdout.strip() == "[]"
-    runs = subprocess.run([sys.executable, "-m", "coordinator.cli", "runs", "--format", "json"],
-                          capture_output=True, text=True, env=env, timeout=60, check=True)
+    runs = subprocess.run(
+        [sys.executable, "-m", "coordinator.cli", "runs", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
     assert f'"succeeded": {cells}' in runs.stdout
 
     reason = browser_available()

@@ -46,8 +46,9 @@ def test_split_indices_are_disjoint_stratified_and_cover_everything() -> None:
 
 def test_splits_are_stratified(splits: DataSplits) -> None:
     assert splits.train is not None and splits.calibration is not None
-    all_labels = np.concatenate([s.labels for s in (splits.train, splits.calibration, splits.test)
-                                 if s.labels is not None])
+    all_labels = np.concatenate(
+        [s.labels for s in (splits.train, splits.calibration, splits.test) if s.labels is not None]
+    )
     overall = np.bincount(all_labels, minlength=NUM_CLASSES) / len(all_labels)
     for split in (splits.train, splits.calibration, splits.test):
         assert split.labels is not None

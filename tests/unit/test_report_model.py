@@ -48,7 +48,7 @@ def test_one_cell_per_job_in_spec_order(run: RunData, report: Report) -> None:
     assert len(report.cells) == len(run.jobs) == 12
     assert [c.device for c in report.cells[:6]] == ["rpi5"] * 6
     assert [(c.variant, c.runtime) for c in report.cells[:2]] == [("fp32", "onnxruntime"), ("fp32", "tflite")]
-    assert report.schema_version == SCHEMA_VERSION == 2
+    assert report.schema_version == SCHEMA_VERSION == 3
 
 
 def test_latency_statistics_are_exactly_protos_stats(run: RunData, report: Report) -> None:
@@ -237,7 +237,7 @@ def test_untrusted_provenance_of_the_wrong_shape_is_ignored(run: RunData) -> Non
 
 def test_report_is_json_ready_and_deterministic(run: RunData, report: Report) -> None:
     text = json.dumps(report.to_dict(), allow_nan=False)
-    assert json.loads(text)["schema_version"] == 2
+    assert json.loads(text)["schema_version"] == 3
     assert build_report(run) == report
 
 

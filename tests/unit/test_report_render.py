@@ -99,7 +99,7 @@ def test_csv_defuses_spreadsheet_formulas() -> None:
 
 def test_json_round_trips_with_schema_version(report: Report, outputs: dict[str, str]) -> None:
     data = json.loads(outputs["json"])
-    assert data["schema_version"] == 2
+    assert data["schema_version"] == 3
     assert data == json.loads(json.dumps(report.to_dict()))
     assert len(data["cells"]) == 12 and data["cells"][0]["latency"]["median_ns"] is not None
     assert render(report, "json") == outputs["json"]  # stable output

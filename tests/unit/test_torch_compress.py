@@ -26,8 +26,12 @@ class TinyCNN(nn.Module):
         super().__init__()
         c1, c2 = max(1, round(8 * width)), max(1, round(16 * width))
         self.features = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, c1, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.classifier = nn.Linear(c2 * 2 * 2, CLASSES)
 
@@ -55,7 +59,7 @@ def make_split(n: int, seed: int) -> Split:
     images = rng.normal(0.0, 0.3, size=(n, 1, 8, 8)).astype(np.float32)
     for i, k in enumerate(labels):
         r, c = divmod(int(k), 2)
-        images[i, 0, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4] += 1.0
+        images[i, 0, r * 4 : (r + 1) * 4, c * 4 : (c + 1) * 4] += 1.0
     return Split(images, labels.astype(np.int64))
 
 
@@ -267,7 +271,8 @@ def test_distill_into_a_user_student(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.syspath_prepend(str(tmp_path))
     teacher = copy.deepcopy(NoWidthCNN())
     student, report = distill.TECHNIQUE.apply(
-        teacher, data, {"student": "edgebench_test_students:small", "epochs": "1"}, quiet)
+        teacher, data, {"student": "edgebench_test_students:small", "epochs": "1"}, quiet
+    )
     assert isinstance(student, nn.Sequential)
     assert report.notes["student_params"] == 64 * 4 + 4
     with pytest.raises(RecipeError, match="output shape"):
