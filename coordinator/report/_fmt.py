@@ -250,3 +250,19 @@ def seed_row(r: Any) -> list[str]:
         r.claimed_accuracy_kept,
         r.note,
     ]
+
+
+FORMAT_COLUMNS = ("variant", "format", "size MiB", "sha256", "how it was made / why it is missing")
+
+
+def format_rows(report: Any) -> list[tuple[bool, list[str]]]:
+    """(made?, row) per variant and format: the primary file, each converted form, each format not made."""
+    rows: list[tuple[bool, list[str]]] = []
+    for v in report.variants:
+        if v.sha256:
+            rows.append((True, [v.name, v.format, mib(v.size_bytes), v.sha256[:12], v.recipe or v.notes or DASH]))
+        elif v.notes:
+            rows.append((False, [v.name, v.format, DASH, DASH, v.notes]))
+        rows += [(True, [v.name, fmt, mib(size), sha[:12], how or DASH]) for fmt, sha, size, how in v.converted]
+        rows += [(False, [v.name, fmt, DASH, DASH, why]) for fmt, why in v.unconverted]
+    return rows

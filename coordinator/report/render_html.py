@@ -13,11 +13,13 @@ from collections.abc import Iterable, Sequence
 from coordinator.report._fmt import (
     DASH,
     DETAIL_COLUMNS,
+    FORMAT_COLUMNS,
     LEGEND,
     SEED_COLUMNS,
     TABLE_COLUMNS,
     detail_row,
     esc,
+    format_rows,
     header_lines,
     mib,
     ms_unit,
@@ -27,6 +29,7 @@ from coordinator.report._fmt import (
     seed_row,
     table_row,
 )
+from coordinator.report._runtimes import runtime_matrices
 from coordinator.report.schema import Cell, DeviceSummary, Environment, Report
 
 _CSS = """
@@ -60,6 +63,8 @@ summary { cursor: pointer; font-weight: 600; } details dl { display: grid; grid-
   gap: 2px 12px; margin: 8px 0; font-size: 12.5px; } dt { color: var(--muted); } dd { margin: 0;
   overflow-wrap: anywhere; }
 pre { background: #f2f4f7; padding: 8px; overflow-x: auto; font-size: 12px; white-space: pre-wrap; }
+table.matrix td { max-width: 300px; } td.rt-ok b { color: var(--ok); } td.rt-bad { color: var(--bad); }
+td.rt-bad span { font-size: 11.5px; } table.matrix .muted { font-size: 11px; }
 footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
 """
 
@@ -136,7 +141,33 @@ def _device_section(i: int, report: Report, s: DeviceSummary) -> str:
         + (f'<p class="muted">{esc(", ".join(facts))}</p>' if facts else "")
         + _table(TABLE_COLUMNS, [(_row_class(c), table_row(c)) for c in cells], notes=[notes_text(c) for c in cells])
         + f'<p class="rec-line"><b>Recommendation:</b> {esc(s.recommendation_reason)}</p>'
-        + f'<p class="rec-line muted">Pareto front (median latency vs {esc(metric)}): {esc(front)}</p></section>'
+        + f'<p class="rec-line muted">Pareto front (median latency vs {esc(metric)}): {esc(front)}</p>'
+        + _matrix(report, s.device)
+        + "</section>"
+    )
+
+
+def _matrix(report: Report, device: str) -> str:
+    """Runtimes side by side: median and speed vs the reference runtime, or why the cell did not run."""
+    matrix = next((m for m in runtime_matrices(report) if m.device == device), None)
+    if matrix is None:
+        return ""
+    head = "<th>variant</th>" + "".join(f"<th>{esc(r)}</th>" for r in matrix.runtimes)
+    body = []
+    for variant, entries in matrix.rows:
+        tds = [f'<td class="first">{esc(variant)}</td>']
+        for e in entries:
+            if e is None:
+                tds.append(f"<td>{DASH}</td>")
+                continue
+            cls = "rt-ok" if e.ok else "rt-bad"
+            made = f'<div class="muted">{esc(e.artifact)}</div>' if e.artifact else ""
+            tds.append(f'<td class="{cls}"><b>{esc(e.text)}</b> <span>{esc(e.detail)}</span>{made}</td>')
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    return (
+        f"<h3>Runtimes side by side on {esc(device)}</h3>"
+        f'<div class="scroll"><table class="matrix"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
     )
 
 
@@ -226,10 +257,25 @@ def _seed_section(report: Report) -> str:
     )
 
 
+def _formats_section(report: Report) -> str:
+    rows = format_rows(report)
+    if not any(v.converted or v.unconverted for v in report.variants):
+        return ""
+    return (
+        '<section id="formats"><h2>Variants and their formats</h2>'
+        '<p class="muted">Each variant as built (ONNX) and as converted for other runtimes; a format that could '
+        "not be made says why, and its cells are skipped.</p>"
+        + _table(FORMAT_COLUMNS, [("" if ok else "not-ok", row) for ok, row in rows], numeric={"size MiB"})
+        + "</section>"
+    )
+
+
 def render_html(report: Report) -> str:
     """The whole page as a string (UTF-8 declared in a meta tag). Deterministic for a given report."""
     run = report.run
     nav = [("recommendations", "Recommendations"), ("plots", "Plots")]
+    if any(v.converted or v.unconverted for v in report.variants):
+        nav.append(("formats", "Formats"))
     nav += [(f"device-{i}", f"Device {s.device}") for i, s in enumerate(report.devices)]
     nav += [("flags", "Validity flags"), ("failures", "Did not succeed"), ("details", "Phases and fidelity")]
     nav += [("provenance", "Provenance")]
@@ -267,6 +313,7 @@ def render_html(report: Report) -> str:
         ),
         "</section>",
         _seed_section(report),
+        _formats_section(report),
         f'<section id="plots"><h2>Plots</h2>{_plots(report)}</section>',
         *(_device_section(i, report, s) for i, s in enumerate(report.devices)),
         '<section id="flags"><h2>Validity flags</h2>',

@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from coordinator.report._fmt import (
     DASH,
     DETAIL_COLUMNS,
+    FORMAT_COLUMNS,
     LEGEND,
     SEED_COLUMNS,
     TABLE_COLUMNS,
     detail_row,
+    format_rows,
     header_lines,
     md,
     mib,
@@ -26,6 +28,7 @@ from coordinator.report._fmt import (
     seed_row,
     table_row,
 )
+from coordinator.report._runtimes import runtime_matrices
 from coordinator.report.schema import Cell, DeviceSummary, Report
 
 
@@ -59,6 +62,15 @@ def _device_section(report: Report, summary: DeviceSummary) -> list[str]:
         f"- **Pareto front** (median latency vs {md(metric)}): {md(front)}",
         "",
     ]
+    matrix = next((m for m in runtime_matrices(report) if m.device == summary.device), None)
+    if matrix is not None:
+        lines += [f"### Runtimes side by side on {md(summary.device)}", ""]
+        rows = [
+            [variant, *(DASH if e is None else f"{e.text} {e.detail}".strip() for e in entries)]
+            for variant, entries in matrix.rows
+        ]
+        lines += _table(("variant", *matrix.runtimes), rows)
+        lines.append("")
     return lines
 
 
@@ -87,6 +99,10 @@ def render_md(report: Report) -> str:
     if report.seed_table:
         lines += ["## The seed document's claims, measured", ""]
         lines += _table(SEED_COLUMNS, [seed_row(r) for r in report.seed_table])
+        lines.append("")
+    if any(v.converted or v.unconverted for v in report.variants):
+        lines += ["## Variants and their formats", ""]
+        lines += _table(FORMAT_COLUMNS, [row for _ok, row in format_rows(report)])
         lines.append("")
     for summary in report.devices:
         lines += _device_section(report, summary)

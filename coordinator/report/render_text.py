@@ -25,6 +25,7 @@ from coordinator.report._fmt import (
     ratio,
     single_line,
 )
+from coordinator.report._runtimes import Matrix, runtime_matrices
 from coordinator.report.schema import Cell, Report
 
 DEFAULT_WIDTH = 160
@@ -82,12 +83,31 @@ def _row(c: Cell) -> list[Text]:
     ]
 
 
+def _matrix_table(matrix: Matrix) -> Table:
+    table = Table(
+        title=_t(f"runtimes side by side on {matrix.device}", "bold"), title_justify="left", box=box.SIMPLE_HEAD
+    )
+    table.add_column("variant", overflow="fold")
+    for runtime in matrix.runtimes:
+        table.add_column(runtime, overflow="fold")
+    for variant, entries in matrix.rows:
+        row = [_t(variant)]
+        for e in entries:
+            if e is None:
+                row.append(_t(DASH))
+            else:
+                row.append(_t(f"{e.text} {e.detail}".strip(), "green" if e.ok else "red"))
+        table.add_row(*row)
+    return table
+
+
 def render_table(report: Report, width: int = DEFAULT_WIDTH) -> str:
     """Plain text (no ANSI codes) laid out for a terminal `width` columns wide; ends with a newline."""
     console = Console(file=io.StringIO(), width=width, record=True, color_system=None, force_terminal=False)
     console.print(_t(f"edgebench report: {report.run.name}", "bold"))
     for line in header_lines(report):
         console.print(_t(line))
+    matrices = {m.device: m for m in runtime_matrices(report)}
     for summary in report.devices:
         table = Table(title=_t(f"device {summary.device}", "bold"), title_justify="left", box=box.SIMPLE_HEAD)
         for name, right in _COLUMNS:
@@ -102,6 +122,8 @@ def render_table(report: Report, width: int = DEFAULT_WIDTH) -> str:
             if notes:
                 console.print(_t(f"  {c.variant}/{c.runtime}: {notes}", "yellow" if c.verdict == "VALID" else "red"))
         console.print(_t(f"  recommendation: {summary.recommendation_reason}", "bold"))
+        if summary.device in matrices:
+            console.print(_matrix_table(matrices[summary.device]))
     console.print()
     console.print(_t("Recommendations across devices", "bold"))
     for r in report.cross_device:
