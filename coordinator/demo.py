@@ -54,6 +54,10 @@ def local_agents(folder: Path, log: Callable[[str], None]) -> Iterator[list[tupl
 #: Every technique on the built-in model (the seed document's table, measured). Distillation trains two
 #: students (with and without KD), so it gets fewer epochs here than its default.
 DEMO_VARIANTS = "fp32,int8,fp16,prune:0.5,channels:0.5,distill:width=0.5;epochs=6,channels:0.5+int8"
+#: The runtimes compared side by side. Each variant is converted for each (OpenVINO IR with NNCF for INT8,
+#: TFLite with ai-edge-quantizer for INT8); eager torch is left out to keep the demo short (`edgebench run
+#: builtin --runtimes ...,torch` adds it).
+DEMO_RUNTIMES = ("onnxruntime", "openvino", "litert")
 
 
 def run_demo(
@@ -62,6 +66,7 @@ def run_demo(
     *,
     min_duration_s: float = 2.0,
     variants: str = DEMO_VARIANTS,
+    runtimes: tuple[str, ...] = DEMO_RUNTIMES,
     on_event: OnEvent | None = None,
     log: Callable[[str], None] = print,
 ) -> DemoResult:
@@ -84,6 +89,7 @@ def run_demo(
                 dataset=None,
                 devices=",".join(n for n, _ in agents),
                 variants=[variants],
+                runtimes=runtimes,
                 settings=settings,
                 name=f"demo {time.strftime('%Y-%m-%d %H:%M')}",
                 dispatcher=Dispatcher(store, on_event=on_event, device_concurrency=1),

@@ -8,7 +8,7 @@ import pytest
 
 from coordinator.dispatch.plan import NULL_RUNTIME, cell_verdict, default_runtimes, job_id, plan_jobs
 from coordinator.dispatch.wire import offline_probe
-from coordinator.types import DeviceProbe, JobStatus, RuntimeStatus, Variant
+from coordinator.types import Artifact, DeviceProbe, JobStatus, RuntimeStatus, Variant
 
 ORT = RuntimeStatus(name="onnxruntime", available=True, version="1.18", formats=("onnx",))
 OV = RuntimeStatus(name="openvino", available=True, version="2024.1", formats=("onnx", "openvino_ir"))
@@ -183,3 +183,32 @@ def test_plan_jobs_empty_inputs_give_no_jobs() -> None:
     assert plan_jobs("r", [], [variant()], ["onnxruntime"], probes) == []
     assert plan_jobs("r", ["pi5"], [], ["onnxruntime"], probes) == []
     assert plan_jobs("r", ["pi5"], [variant()], [], probes) == []
+
+
+# ---------------------------------------------------------------------------------------------- formats
+
+
+def test_a_runtime_gets_the_artifact_in_its_preferred_format() -> None:
+    ir = Artifact("openvino_ir", "m/int8/model.xml", "c" * 64, 10, (("model.bin", "m/int8/model.bin", "d" * 64),))
+    v = dataclasses.replace(variant("int8"), others=(ir,))
+    # OpenVINO takes IR first (its probe lists formats in order of preference), then ONNX.
+    assert v.artifact_for(("openvino_ir", "onnx")) == ir
+    assert v.artifact_for(("onnx",)) == v.artifacts()[0]
+    assert v.artifact_for(("tflite",)) is None
+    assert cell_verdict(probe(), v, "openvino") == (JobStatus.PENDING, "")
+
+
+def test_a_variant_without_the_runtimes_format_is_skipped_with_the_conversion_reason() -> None:
+    litert = RuntimeStatus(name="litert", available=True, formats=("tflite",))
+    v = dataclasses.replace(variant("fp16"), unconverted=(("tflite", "no TFLite form of fp16 in this version"),))
+    status, message = cell_verdict(probe("pi5", ORT, litert), v, "litert")
+    assert status is JobStatus.SKIPPED
+    assert "litert runs tflite" in message and "exists as onnx" in message
+    assert "no TFLite form of fp16" in message
+
+
+def test_default_runtimes_include_those_whose_conversion_failed() -> None:
+    # A wanted format that could not be made still gets its runtime planned, so the report shows why.
+    litert = RuntimeStatus(name="litert", available=True, formats=("tflite",))
+    v = dataclasses.replace(variant("fp32"), unconverted=(("tflite", "litert-torch is not installed"),))
+    assert "litert" in default_runtimes([probe("pi5", ORT, litert)], [v])

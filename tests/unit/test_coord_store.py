@@ -13,6 +13,7 @@ import pytest
 
 from coordinator.store.sqlite import SCHEMA_VERSION, Store, StoreError, decode_samples, encode_samples
 from coordinator.types import (
+    Artifact,
     Device,
     DeviceProbe,
     JobRecord,
@@ -79,6 +80,19 @@ VARIANTS = (
         parent_sha256="a" * 64,
         compressed_bytes=30_000,
         notes="quantized",
+        # Converted forms and the reasons for formats not made survive the JSON round trip as tuples.
+        others=(
+            Artifact(
+                "openvino_ir",
+                "models/int8/model.xml",
+                "c" * 64,
+                900,
+                companions=(("model.bin", "models/int8/model.bin", "d" * 64),),
+                notes="OpenVINO IR, NNCF static INT8",
+            ),
+        ),
+        unconverted=(("coreml", "no Core ML form of int8 in this version"),),
+        precision="int8",
     ),
 )
 
