@@ -19,6 +19,7 @@ turns into a visible SKIPPED cell. Converted files are cached in the variant's c
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import tempfile
@@ -75,12 +76,25 @@ def _calibration(data: DataSplits | None, fmt: str) -> Any:
     return data.calibration_inputs()
 
 
+class _Lazy:
+    """A converter module imported on first use, so deciding *whether* a format can be made never needs it."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(f"coordinator.convert.{self._name}"), attr)
+
+
+def _converter(name: str) -> Any:
+    return _Lazy(name)
+
+
 def _plan(fmt: str, stage: Stage, steps: tuple[str, ...], data: DataSplits | None) -> tuple[Make, str]:
     """(the function that converts into a folder, a short description) or NotApplicable with the reason."""
     shown = "+".join(steps) or "fp32"
     if fmt == "openvino_ir":
-        from coordinator.convert import openvino_ir as ov
-
+        ov = _converter("openvino_ir")
         if steps in ((), ("fp16",)):
             fp16 = steps == ("fp16",)
             desc = f"OpenVINO IR, {'FP16' if fp16 else 'FP32'} weights"
@@ -96,7 +110,7 @@ def _plan(fmt: str, stage: Stage, steps: tuple[str, ...], data: DataSplits | Non
     if fmt in ("tflite", "coreml", "torch_export") and stage.program is None:
         raise NotApplicable(f"{fmt} is made from the PyTorch model: {stage.program_missing}")
     if fmt == "tflite":
-        from coordinator.convert import tflite
+        tflite = _converter("tflite")
 
         def float_tflite(folder: Path) -> Any:
             return tflite.torch_to_tflite(
@@ -130,8 +144,7 @@ def _plan(fmt: str, stage: Stage, steps: tuple[str, ...], data: DataSplits | Non
             return dynamic_int8, "TFLite, dynamic INT8 weights (ai-edge-quantizer)"
         raise NotApplicable(f"no TFLite form of {shown} in this version (TFLite variants: fp32, int8, int8dyn)")
     if fmt == "coreml":
-        from coordinator.convert import coreml
-
+        coreml = _converter("coreml")
         if steps in ((), ("fp16",)):
             fp16 = steps == ("fp16",)
             return (

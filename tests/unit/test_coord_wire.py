@@ -3,6 +3,7 @@ rejected with a reason), device probes are truncated and checked for compatibili
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -18,7 +19,7 @@ from coordinator.dispatch.wire import (
     probe_from_pb,
     result_from_pb,
 )
-from coordinator.types import JobStatus, MeasurementSettings, Variant
+from coordinator.types import Artifact, JobStatus, MeasurementSettings, Variant
 from protos.edgebench.agent.v1 import agent_pb2 as pb
 from protos.version import CURRENT
 
@@ -462,6 +463,20 @@ SETTINGS = MeasurementSettings(
     memory_mb=768,
     accuracy=True,
 )
+
+
+def test_build_job_sends_the_chosen_artifact_with_its_companions_and_the_precision_hint() -> None:
+    ir = Artifact("openvino_ir", "v/model.xml", "1" * 64, 10, (("model.bin", "v/model.bin", "2" * 64),))
+    int8 = dataclasses.replace(VARIANT, format="onnx", others=(ir,), precision="int8")
+    job = build_job("job-2", int8, "openvino", SETTINGS, "", ir)
+    assert job.model.sha256 == "1" * 64 and job.model.format == pb.MODEL_FORMAT_OPENVINO_IR
+    assert [(c.name, c.sha256) for c in job.model.companions] == [("model.bin", "2" * 64)]
+    assert job.runtime.precision_hint == pb.PRECISION_HINT_INT8
+    # Without an explicit artifact the primary file goes; FP32 is asked for explicitly (OpenVINO would
+    # otherwise compute in bf16 where the CPU has it).
+    plain = build_job("job-3", VARIANT, "openvino", SETTINGS, "")
+    assert plain.model.sha256 == "e" * 64 and not plain.model.companions
+    assert plain.runtime.precision_hint == pb.PRECISION_HINT_FP32
 
 
 def test_build_job_maps_every_setting() -> None:
