@@ -23,13 +23,20 @@ def compress(
     weights: Annotated[Path | None, typer.Option(help="State dict for a package.module:factory model.")] = None,
     input_shape: Annotated[str, typer.Option(help="Input shape of a PyTorch model, e.g. 1,3,224,224.")] = "",
     output: Annotated[ListFormat, typer.Option("--format", help="table or json.")] = ListFormat.table,
+    formats: Annotated[
+        str, typer.Option(help="Also convert each variant to these formats: openvino_ir,tflite,coreml,torch_export.")
+    ] = "",
 ) -> None:
     """Write each variant as DIR/<recipe>.onnx with DIR/<recipe>.json (recipe, parent sha256, sizes, accuracy
     on the held-out split, what each step did). Results are cached by (model, recipe, dataset)."""
     from coordinator.compress.base import load_splits
     from coordinator.compress.pipeline import top1_onnx
+    from coordinator.convert.targets import TARGET_FORMATS
     from coordinator.prepare import prepare
 
+    wanted = [f for f in formats.split(",") if f]
+    if unknown := [f for f in wanted if f not in TARGET_FORMATS]:
+        fail(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(TARGET_FORMATS)}")
     try:
         prepared = prepare(
             model,
@@ -39,6 +46,7 @@ def compress(
             weights=weights,
             input_shape=input_shape,
             log=lambda m: typer.echo(m, err=True),
+            formats=wanted,
         )
     except expected_errors() as exc:
         fail(str(exc))
@@ -72,6 +80,15 @@ def compress(
             )
             (output_dir / f"{stem}.json").write_text(json.dumps(manifest, indent=2, default=str))
             entry["accuracy_top1"] = manifest.get("accuracy_top1")
+        entry["converted"] = {}
+        for art in v.others:
+            # One folder per variant and format: an IR is two files, a Core ML package a zip.
+            target = output_dir / f"{stem}.{art.format}"
+            target.mkdir(exist_ok=True)
+            for src in (art.path, *(p for _n, p, _s in art.companions)):
+                shutil.copyfile(src, target / Path(src).name)
+            entry["converted"][art.format] = {"path": str(target / Path(art.path).name), "how": art.notes}
+        entry["not_converted"] = dict(v.unconverted)
         rows.append(entry)
     if output is ListFormat.json:
         typer.echo(json.dumps(rows, indent=2))
@@ -85,4 +102,8 @@ def compress(
             typer.echo(
                 f"{r['variant']:<40} {r['size_bytes'] / 1e6:8.2f} MB  zip {r['zip_bytes'] / 1e6:6.2f} MB  {acc_text}"
             )
+        for fmt, made in r.get("converted", {}).items():
+            typer.echo(f"  {fmt:<14} {made['path']}  ({made['how']})")
+        for fmt, why in r.get("not_converted", {}).items():
+            typer.echo(f"  {fmt:<14} not made: {why}")
     typer.echo(f"wrote {sum(1 for r in rows if not r['skipped'])} variant(s) to {output_dir}")
