@@ -29,6 +29,7 @@ import importlib.metadata
 import io
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,8 @@ from coordinator.compress.base import NotApplicable, RecipeError
 
 __all__ = [
     "DYNAMIC_CHECK_BATCH",
+    "MIN_INT8_TOP1_AGREEMENT",
+    "RANDOM_CHECK_SAMPLES",
     "ConversionFailed",
     "Converted",
     "ConverterMissing",
@@ -48,8 +51,10 @@ __all__ = [
     "check_array",
     "check_labels_fit",
     "compare_outputs",
+    "eval_mode",
     "publish_files",
     "quiet",
+    "random_inputs",
     "require",
     "sdk_version",
     "split_batches",
@@ -59,6 +64,11 @@ __all__ = [
 
 #: Samples per batch when a model's batch axis is dynamic (numeric checks, OpenVINO inference).
 DYNAMIC_CHECK_BATCH: Final = 64
+#: Samples in the seeded standard-normal batch that float conversions are checked on without check inputs.
+RANDOM_CHECK_SAMPLES: Final = 8
+#: An INT8 model whose top-1 agreement with its float model is below this fails its conversion: a sanity
+#: floor against a broken quantization, not a quality gate (the benchmark reports accuracy).
+MIN_INT8_TOP1_AGREEMENT: Final = 0.9
 
 
 @dataclass(frozen=True)
@@ -147,6 +157,16 @@ def check_labels_fit(labels: np.ndarray | None, inputs: np.ndarray | None, conve
         )
 
 
+def random_inputs(dims: Sequence[int | None], dtype: np.dtype[Any], samples: int) -> np.ndarray | None:
+    """A seeded standard-normal array of `samples` inputs for `dims` (batch axis replaced), for checking a
+    float conversion when no check inputs were given; None when a non-batch dim is unknown or the input
+    is not floating point."""
+    if not np.issubdtype(dtype, np.floating) or any(d is None for d in dims[1:]):
+        return None
+    shape = (samples, *(int(d) for d in dims[1:] if d is not None))
+    return np.random.default_rng(0).standard_normal(shape).astype(dtype)
+
+
 def split_batches(inputs: np.ndarray, fixed_batch: int | None) -> tuple[list[np.ndarray], int]:
     """Cut `inputs` into the batches a model takes: chunks of exactly `fixed_batch` samples (the rest is
     left out), or of at most `DYNAMIC_CHECK_BATCH` when the batch axis is dynamic (None). Returns the
@@ -217,7 +237,7 @@ def compare_outputs(
                 f"{float(allowed.flat[flat]):.6g} ({tolerance.describe()})",
             )
     notes: dict[str, Any] = {"max_abs_diff": max_diff, "max_rel_diff": max_diff / peak_all if peak_all else 0.0}
-    first_ref = np.asarray(reference[0]) if len(reference) else np.empty(0)
+    first_ref: np.ndarray = np.asarray(reference[0]) if len(reference) else np.empty(0)
     if first_ref.ndim == 2 and first_ref.shape[1] > 1 and len(first_ref):
         notes["top1_agreement"] = top1_agreement(first_ref, np.asarray(got[0]))
     if worst is not None:
@@ -269,10 +289,31 @@ def publish_files(main: tuple[Path, Path], companions: Sequence[tuple[Path, Path
 
 
 @contextlib.contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Run the block with the torch module `model` in eval mode and restore its training flag afterwards.
+
+    The module of a loaded `torch.export` program (``ExportedProgram.module()``) refuses ``eval()`` and
+    ``train()`` (NotImplementedError): its graph was captured in one mode already, so it is used as it is.
+    """
+    was_training = bool(getattr(model, "training", False))
+    try:
+        model.eval()
+        switched = True
+    except NotImplementedError:
+        switched = False
+    try:
+        yield
+    finally:
+        if switched:
+            model.train(was_training)
+
+
+@contextlib.contextmanager
 def quiet(*loggers: str, env: dict[str, str] | None = None) -> Iterator[io.StringIO]:
     """Hush a converter: capture what it prints through Python's stdout/stderr (progress bars, summaries),
-    raise the named loggers to ERROR, and set environment variables for the duration. Yields the capture
-    buffer. (What native code writes to the file descriptors directly is not captured.)"""
+    ignore Python warnings, raise the named loggers to ERROR, and set environment variables for the
+    duration. Yields the capture buffer. (What native code writes to the file descriptors directly is not
+    captured.)"""
     buffer = io.StringIO()
     saved_env = {key: os.environ.get(key) for key in env or {}}
     saved_levels = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
@@ -280,7 +321,8 @@ def quiet(*loggers: str, env: dict[str, str] | None = None) -> Iterator[io.Strin
         os.environ.update(env or {})
         for logger, level in saved_levels:
             logger.setLevel(max(level, logging.ERROR))
-        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             yield buffer
     finally:
         for logger, level in saved_levels:
