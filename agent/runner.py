@@ -39,7 +39,7 @@ MODEL_SUFFIX = {
     ModelFormat.ONNX: ".onnx",
     ModelFormat.OPENVINO_IR: ".xml",
     ModelFormat.TFLITE: ".tflite",
-    ModelFormat.COREML: ".mlpackage",
+    ModelFormat.COREML: ".mlpackage.zip",
     ModelFormat.TORCH_EXPORT: ".pt2",
     ModelFormat.NULL: ".json",
 }

@@ -12,11 +12,11 @@ from agent.runtimes.base import Backend
 #: name -> "module:attribute" of a Backend instance. Every name appears in device info, available or not.
 REGISTRY: dict[str, str] = {
     "onnxruntime": "agent.runtimes.onnxruntime:BACKEND",
-    "openvino": "agent.runtimes.planned:OPENVINO",
-    "litert": "agent.runtimes.planned:LITERT",
-    "tensorrt": "agent.runtimes.planned:TENSORRT",
-    "coreml": "agent.runtimes.planned:COREML",
-    "torch": "agent.runtimes.planned:TORCH",
+    "openvino": "agent.runtimes.openvino:BACKEND",
+    "litert": "agent.runtimes.litert:BACKEND",
+    "tensorrt": "agent.runtimes.tensorrt:BACKEND",
+    "coreml": "agent.runtimes.coreml:BACKEND",
+    "torch": "agent.runtimes.torch_export:BACKEND",
     "null": "agent.runtimes.null:BACKEND",
 }
 

@@ -2,7 +2,9 @@
 
 * agent/ never imports the coordinator, torch, torchvision or onnx. The agent runs on small devices;
   onnx (the model-building library) is a coordinator/dev dependency only, while onnxruntime (a runtime the
-  agent drives) is allowed and imported lazily by its backend module.
+  agent drives) is allowed and imported lazily by its backend module. One exception: the eager-PyTorch
+  backend (agent/runtimes/torch_export.py) may import torch, and only inside its functions, so the agent
+  (and its probe) never loads torch unless a job asks for that runtime.
 * coordinator/ never imports agent/: the two share only the `protos` package (it starts agents as
   separate processes instead).
 * The wire rule: inside agent/, only wire.py (conversion), servicer.py and server.py (gRPC plumbing)
@@ -35,6 +37,8 @@ WIRE_MODULES = {"agent/wire.py", "agent/servicer.py", "agent/server.py"}
 PB2 = re.compile(r"_pb2(_grpc)?$")
 SERVER_MODULES = ("agent.server", "agent.servicer", "agent.jobs", "agent.artifacts", "agent.cli")
 SERVER_FORBIDDEN = ("torch", "onnxruntime", "onnx", "numpy", "coordinator")
+#: The one agent module allowed to import torch (inside functions only).
+TORCH_BACKEND = "agent/runtimes/torch_export.py"
 
 
 def _module_name(path: Path) -> str:
@@ -54,25 +58,44 @@ def _resolve(node: ast.ImportFrom, path: Path) -> str:
     return ".".join([*base, *([node.module] if node.module else [])])
 
 
+def _node_imports(node: ast.AST, path: Path) -> Iterator[tuple[int, str]]:
+    """(line, dotted name) of what one AST node imports (nothing for other nodes)."""
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            yield node.lineno, alias.name
+    elif isinstance(node, ast.ImportFrom):
+        base = _resolve(node, path)
+        yield node.lineno, base
+        for alias in node.names:
+            if alias.name != "*":
+                yield node.lineno, f"{base}.{alias.name}" if base else alias.name
+    elif isinstance(node, ast.Call) and node.args:
+        func, arg = node.func, node.args[0]
+        called = getattr(func, "attr", None) or getattr(func, "id", None)
+        literal = arg.value if isinstance(arg, ast.Constant) else None
+        if called in {"import_module", "__import__"} and isinstance(literal, str):
+            yield node.lineno, literal
+
+
+def _parse(path: Path, source: str | None) -> ast.Module:
+    return ast.parse(source if source is not None else path.read_text(encoding="utf-8"), filename=str(path))
+
+
 def imports_of(path: Path, source: str | None = None) -> Iterator[tuple[int, str]]:
     """(line, dotted name) of everything `path` imports; `from a import b` yields both `a` and `a.b`."""
-    tree = ast.parse(source if source is not None else path.read_text(encoding="utf-8"), filename=str(path))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield node.lineno, alias.name
-        elif isinstance(node, ast.ImportFrom):
-            base = _resolve(node, path)
-            yield node.lineno, base
-            for alias in node.names:
-                if alias.name != "*":
-                    yield node.lineno, f"{base}.{alias.name}" if base else alias.name
-        elif isinstance(node, ast.Call) and node.args:
-            func, arg = node.func, node.args[0]
-            called = getattr(func, "attr", None) or getattr(func, "id", None)
-            literal = arg.value if isinstance(arg, ast.Constant) else None
-            if called in {"import_module", "__import__"} and isinstance(literal, str):
-                yield node.lineno, literal
+    for node in ast.walk(_parse(path, source)):
+        yield from _node_imports(node, path)
+
+
+def imports_outside_functions(path: Path, source: str | None = None) -> Iterator[tuple[int, str]]:
+    """Like `imports_of`, but only what runs when the module itself is imported: module level (also under
+    `if`/`try`/`with`) and class bodies; nothing inside a function or lambda."""
+    functions = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+    pending: list[ast.AST] = [_parse(path, source)]
+    while pending:
+        node = pending.pop()
+        yield from _node_imports(node, path)
+        pending.extend(child for child in ast.iter_child_nodes(node) if not isinstance(child, functions))
 
 
 def _py_files(package: str) -> list[Path]:
@@ -140,9 +163,55 @@ def test_scanner_sees_the_packages() -> None:
 # ---------------------------------------------------------------------------------------------- the rules
 
 
+def _agent_import_is_forbidden(path: Path, name: str) -> bool:
+    """AGENT_FORBIDDEN, except torch in the eager-PyTorch backend (whose imports are checked separately)."""
+    top = _top(name)
+    if top == "torch" and path.relative_to(ROOT).as_posix() == TORCH_BACKEND:
+        return False
+    return top in AGENT_FORBIDDEN
+
+
 def test_agent_imports_neither_coordinator_nor_heavy_ml_libraries() -> None:
-    bad = _violations("agent", lambda _path, name: _top(name) in AGENT_FORBIDDEN)
+    bad = _violations("agent", _agent_import_is_forbidden)
     assert not bad, "the agent must stay light:\n" + "\n".join(bad)
+
+
+def test_only_the_torch_backend_imports_torch_and_only_inside_functions() -> None:
+    backend = ROOT / TORCH_BACKEND
+    assert any(_top(n) == "torch" for _, n in imports_of(backend)), "the scanner should see the backend's torch import"
+    eager = sorted(
+        {f"{TORCH_BACKEND}:{line} imports {n}" for line, n in imports_outside_functions(backend) if _top(n) == "torch"}
+    )
+    assert not eager, "import torch only inside the backend's functions:\n" + "\n".join(eager)
+
+
+def test_the_torch_exception_covers_one_module_only() -> None:
+    """The rule above still catches torch anywhere else in the agent, at any depth."""
+    other = ROOT / "agent" / "runtimes" / "onnxruntime.py"
+    source = "def load():\n    import torch\n"
+    assert any(_agent_import_is_forbidden(other, n) for _, n in imports_of(other, source))
+    backend = ROOT / TORCH_BACKEND
+    assert not any(_agent_import_is_forbidden(backend, n) for _, n in imports_of(backend, source))
+    assert any(_agent_import_is_forbidden(backend, n) for _, n in imports_of(backend, "import onnx\n"))
+
+
+def test_scanner_tells_function_level_imports_from_module_level_ones() -> None:
+    source = (
+        "import os\n"
+        "if True:\n"
+        "    import torch\n"
+        "class C:\n"
+        "    import torch.nn\n"
+        "    def m(self):\n"
+        "        import torch.fft\n"
+        "def f():\n"
+        "    importlib.import_module('torch.cuda')\n"
+        "g = lambda: __import__('torch.linalg')\n"
+    )
+    path = ROOT / TORCH_BACKEND
+    eager = {name for _, name in imports_outside_functions(path, source)}
+    assert {"os", "torch", "torch.nn"} <= eager
+    assert not eager & {"torch.fft", "torch.cuda", "torch.linalg"}
 
 
 def test_coordinator_does_not_import_the_agent() -> None:
