@@ -44,6 +44,14 @@ def run(
         int, typer.Option(min=0, help="Devices measured at once (0 = all; 1 when agents share a host).")
     ] = 0,
     resume: Annotated[str, typer.Option(help="Run ID: run only its jobs without a final result.")] = "",
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Runtime setting, repeatable: RUNTIME.KEY=VALUE for one runtime or KEY=VALUE for all, e.g. "
+            "openvino.device=GPU, onnxruntime.execution_provider=CoreMLExecutionProvider, litert.xnnpack=0, "
+            "openvino.performance_hint=throughput, tensorrt.workspace_mb=2048 (README, 'Runtimes')."
+        ),
+    ] = None,
     formats: Annotated[
         str,
         typer.Option(
@@ -66,6 +74,12 @@ def run(
     if max_duration < min_duration:
         fail(f"--max-duration ({max_duration}) must be at least --min-duration ({min_duration})")
     console = Console(stderr=False)
+    pairs = []
+    for raw in option or []:
+        key, sep, value = raw.partition("=")
+        if not sep or not key.strip():
+            fail(f"--option {raw!r}: expected RUNTIME.KEY=VALUE or KEY=VALUE, e.g. openvino.device=GPU")
+        pairs.append((key.strip(), value.strip()))
     settings = MeasurementSettings(
         batch=batch,
         threads=threads,
@@ -76,6 +90,7 @@ def run(
         target_relative_ci=tolerance,
         wall_time_s=timeout,
         memory_mb=memory_mb,
+        runtime_options=tuple(pairs),
     )
     with open_store() as store:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -193,6 +194,14 @@ def offline_probe(name: str, address: str, error: str) -> DeviceProbe:
 PRECISION_HINTS = {"fp32": pb.PRECISION_HINT_FP32, "fp16": pb.PRECISION_HINT_FP16, "int8": pb.PRECISION_HINT_INT8}
 
 
+def runtime_options(pairs: Sequence[tuple[str, str]], runtime: str) -> dict[str, str]:
+    """The options one runtime gets: plain `key` pairs apply to every runtime, `runtime.key` to that one (and
+    win over a plain key). `device` and `execution_provider` become RuntimeConfig fields."""
+    plain = {k: v for k, v in pairs if "." not in k}
+    mine = {k.split(".", 1)[1]: v for k, v in pairs if k.startswith(runtime + ".")}
+    return {**plain, **mine}
+
+
 def build_job(
     job_id: str,
     variant: Variant,
@@ -204,6 +213,12 @@ def build_job(
     """The job for one cell; `artifact` is the variant's file in the format the runtime takes (default: the
     primary one)."""
     art = artifact or variant.artifacts()[0]
+    options = runtime_options(settings.runtime_options, runtime)
+    device = options.pop("device", "")
+    provider = options.pop("execution_provider", "")
+    if runtime == "tensorrt":
+        # TensorRT builds its engine for an optimisation profile; the job's batch is its optimum.
+        options.setdefault("batch", str(settings.batch))
     job = pb.BenchmarkJob(
         job_id=job_id,
         model=pb.ModelRef(
@@ -214,7 +229,9 @@ def build_job(
         runtime=pb.RuntimeConfig(
             name=runtime,
             intra_op_threads=settings.threads,
-            options=dict(settings.runtime_options),
+            options=options,
+            device=device,
+            execution_provider=provider,
             precision_hint=PRECISION_HINTS.get(variant.precision, pb.PRECISION_HINT_FP32),
         ),
         accuracy_pass=settings.accuracy and bool(dataset_sha256),

@@ -46,6 +46,8 @@ def test_help_is_instant(tmp_path: Path) -> None:
         (("run",), "give a MODEL to benchmark, or --resume RUN_ID"),
         (("report", "--format", "pdf"), "unknown format 'pdf'"),
         (("report", "no-such-run"), "no run 'no-such-run'"),
+        (("run", "builtin", "--option", "openvino.device"), "expected RUNTIME.KEY=VALUE"),
+        (("compress", "builtin", "--formats", "tflite,onnx2"), "unknown format(s) onnx2"),
     ],
 )
 def test_bad_input_is_a_message_and_exit_code(tmp_path: Path, args: tuple[str, ...], message: str) -> None:

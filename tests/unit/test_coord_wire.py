@@ -477,6 +477,27 @@ def test_build_job_sends_the_chosen_artifact_with_its_companions_and_the_precisi
     plain = build_job("job-3", VARIANT, "openvino", SETTINGS, "")
     assert plain.model.sha256 == "e" * 64 and not plain.model.companions
     assert plain.runtime.precision_hint == pb.PRECISION_HINT_FP32
+    assert "batch" not in plain.runtime.options
+    # TensorRT builds its engine's optimisation profile around the job's batch.
+    assert build_job("job-4", VARIANT, "tensorrt", SETTINGS, "").runtime.options["batch"] == "8"
+
+
+def test_runtime_options_go_to_their_runtime_and_device_and_provider_become_fields() -> None:
+    settings = dataclasses.replace(
+        SETTINGS,
+        runtime_options=(
+            ("sleep_ns", "5"),
+            ("openvino.device", "GPU"),
+            ("openvino.performance_hint", "throughput"),
+            ("onnxruntime.execution_provider", "CoreMLExecutionProvider"),
+            ("openvino.sleep_ns", "7"),
+        ),
+    )
+    ov = build_job("j1", VARIANT, "openvino", settings, "").runtime
+    assert ov.device == "GPU" and dict(ov.options) == {"sleep_ns": "7", "performance_hint": "throughput"}
+    ort = build_job("j2", VARIANT, "onnxruntime", settings, "").runtime
+    assert ort.execution_provider == "CoreMLExecutionProvider" and not ort.device
+    assert dict(ort.options) == {"sleep_ns": "5"}
 
 
 def test_build_job_maps_every_setting() -> None:
