@@ -19,7 +19,9 @@ Parameters (all optional, strings as in a recipe):
   quantizes (``/proc/cpuinfo``): true on an x86 CPU without ``avx512_vnni``/``avx_vnni``, false on one
   with them and where the flags cannot be read or are not x86's. The decision and its reason are in the
   notes;
-* ``samples``: how many calibration samples to use at most (integer ≥ 1, default 256).
+* ``samples``: how many calibration samples to use at most (integer ≥ 1, default 256);
+* ``symmetric``: ``false`` (default) | ``true`` — symmetric activation ranges (zero point 0). TensorRT takes
+  only signed symmetric Q/DQ: ``int8:activations=s8;symmetric=true`` is the form for TensorRT targets.
 
 The helpers below (`input_signature`, `check_inputs`, `batches`, `quant_node_counts`, ...) are shared by
 the other ONNX techniques (`int8_dynamic`, `fp16`).
@@ -333,7 +335,12 @@ class Int8Static:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         started = time.perf_counter()
-        reject_unknown(params, ("calib", "per_channel", "activations", "weights", "reduce_range", "samples"), self.name)
+        reject_unknown(
+            params,
+            ("calib", "per_channel", "activations", "weights", "reduce_range", "samples", "symmetric"),
+            self.name,
+        )
+        symmetric = bool_param(params, "symmetric", False)
         calib = param_choice(params, "calib", "minmax", ("minmax", "entropy", "percentile"))
         per_channel = bool_param(params, "per_channel", True)
         activations = param_choice(params, "activations", "u8", ("u8", "s8"))
@@ -375,6 +382,7 @@ class Int8Static:
             "weights": weights,
             "reduce_range": reduce_range,
             "reduce_range_reason": reduce_reason,
+            "symmetric_activations": symmetric,
             "format": "QDQ",
         }
         if used < len(inputs):
@@ -422,6 +430,7 @@ class Int8Static:
                     calibrate_method=method,
                     use_external_data_format=False,
                     calibration_cache_path=cache,
+                    extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
                 )
             notes.update(
                 publish_quantized(

@@ -248,3 +248,15 @@ def test_int8_static_type_combinations(small_cnn: Path, tmp_path: Path, activati
     report = int8_static.TECHNIQUE.apply(small_cnn, tmp_path / "q.onnx", _splits(_normal(4, CNN_SHAPE)), params, _log)
     assert report.notes["activations"] == activations and report.notes["weights"] == weights
     assert _run(tmp_path / "q.onnx", _normal(2, CNN_SHAPE)).shape == (2, 10)
+
+
+def test_int8_static_symmetric_gives_zero_points_of_zero_for_tensorrt(small_cnn: Path, tmp_path: Path) -> None:
+    # TensorRT's parser takes only signed, symmetric Q/DQ; this is the recipe form the README gives for it.
+    params = {"activations": "s8", "symmetric": "true"}
+    report = int8_static.TECHNIQUE.apply(small_cnn, tmp_path / "q.onnx", _splits(_normal(4, CNN_SHAPE)), params, _log)
+    assert report.notes["symmetric_activations"] is True
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    zero_points = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer if "zero_point" in i.name}
+    # Biases are int32 (as TensorRT expects); activations and weights signed int8; every zero point 0.
+    offending = {n: z for n, z in zero_points.items() if z.any() or z.dtype != (np.int32 if "bias" in n else np.int8)}
+    assert zero_points and not offending, offending
