@@ -85,7 +85,12 @@ def seed_rows(cells: Sequence[Cell], variants: Sequence[VariantInfo], baseline: 
             claim = SEED_CLAIMS.get(technique, ("—", "—", "—"))
             v = sizes.get(cell.variant)
             size = zipped = None
-            if v is not None and base_variant is not None and base_variant.size_bytes and v.size_bytes:
+            if base is not None and cell.model.size_bytes and base.model.size_bytes and cell.model.format:
+                # The files this runtime ran (an NNCF IR, a TFLite INT8...), against the baseline's in its format.
+                size = 100.0 * cell.model.size_bytes / base.model.size_bytes
+                if cell.model.compressed_bytes and base.model.compressed_bytes:
+                    zipped = 100.0 * cell.model.compressed_bytes / base.model.compressed_bytes
+            elif v is not None and base_variant is not None and base_variant.size_bytes and v.size_bytes:
                 size = 100.0 * v.size_bytes / base_variant.size_bytes
                 if v.compressed_bytes and base_variant.compressed_bytes:
                     zipped = 100.0 * v.compressed_bytes / base_variant.compressed_bytes
