@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, default=None, help="keep the agent's work directory (engines) here")
     args = parser.parse_args(argv)
 
-    from agent.runtimes.tensorrt import BACKEND
+    from agent.runtimes.tensorrt.backend import BACKEND
 
     info = BACKEND.probe()
     if not info.available:

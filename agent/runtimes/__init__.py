@@ -14,7 +14,7 @@ REGISTRY: dict[str, str] = {
     "onnxruntime": "agent.runtimes.onnxruntime:BACKEND",
     "openvino": "agent.runtimes.openvino:BACKEND",
     "litert": "agent.runtimes.litert:BACKEND",
-    "tensorrt": "agent.runtimes.tensorrt:BACKEND",
+    "tensorrt": "agent.runtimes.tensorrt.backend:BACKEND",
     "coreml": "agent.runtimes.coreml:BACKEND",
     "torch": "agent.runtimes.torch_export:BACKEND",
     "null": "agent.runtimes.null:BACKEND",

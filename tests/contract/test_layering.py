@@ -4,7 +4,8 @@
   onnx (the model-building library) is a coordinator/dev dependency only, while onnxruntime (a runtime the
   agent drives) is allowed and imported lazily by its backend module. One exception: the eager-PyTorch
   backend (agent/runtimes/torch_export.py) may import torch, and only inside its functions, so the agent
-  (and its probe) never loads torch unless a job asks for that runtime.
+  (and its probe) never loads torch unless a job asks for that runtime. Its archive checks
+  (agent/runtimes/pt2_guard.py) are plain zip/json/ast and fall under the general rule: no torch at all.
 * coordinator/ never imports agent/: the two share only the `protos` package (it starts agents as
   separate processes instead).
 * The wire rule: inside agent/, only wire.py (conversion), servicer.py and server.py (gRPC plumbing)
@@ -183,6 +184,15 @@ def test_only_the_torch_backend_imports_torch_and_only_inside_functions() -> Non
         {f"{TORCH_BACKEND}:{line} imports {n}" for line, n in imports_outside_functions(backend) if _top(n) == "torch"}
     )
     assert not eager, "import torch only inside the backend's functions:\n" + "\n".join(eager)
+
+
+def test_the_pt2_archive_checks_need_no_torch() -> None:
+    """The checks run before torch opens a file, in a module the torch exception does not cover."""
+    guard = ROOT / "agent" / "runtimes" / "pt2_guard.py"
+    assert guard.relative_to(ROOT).as_posix() != TORCH_BACKEND
+    assert not [n for _, n in imports_of(guard) if _top(n) == "torch"]
+    backend_imports = {n for _, n in imports_outside_functions(ROOT / TORCH_BACKEND)}
+    assert "agent.runtimes.pt2_guard" in backend_imports, "the backend uses the checks"
 
 
 def test_the_torch_exception_covers_one_module_only() -> None:

@@ -37,11 +37,18 @@ def test_demo_writes_reports_that_open_offline(tmp_path: Path) -> None:
     assert html.is_file() and md.is_file()
     for device in ("demo-1cpu", "demo-allcpus"):
         assert device in done.stdout and device in md.read_text()
-    from coordinator.demo import DEMO_VARIANTS
+    from coordinator.demo import DEMO_RUNTIMES, DEMO_VARIANTS
 
-    cells = 2 * len(DEMO_VARIANTS.split(","))  # every technique on both devices
-    assert done.stdout.count("succeeded") >= cells
-    assert "seed document" in md.read_text()
+    # Every technique on every runtime on both devices, except FP16 on LiteRT (no FP16 TFLite is made):
+    # that cell is SKIPPED with the reason, and the runtime matrix shows it.
+    assert DEMO_RUNTIMES == ("onnxruntime", "openvino", "litert")
+    cells = 2 * (len(DEMO_VARIANTS.split(",")) * len(DEMO_RUNTIMES) - 1)
+    text = md.read_text()
+    assert "seed document" in text
+    assert "Runtimes side by side on demo-1cpu" in text and "Runtimes side by side on demo-allcpus" in text
+    assert "no TFLite form of fp16" in text
+    # The INT8 variants were converted with each runtime's own quantizer, not skipped.
+    assert "OpenVINO IR, NNCF static INT8" in text and "TFLite, full-integer INT8 (ai-edge-quantizer)" in text
     assert "stopped agent demo-1cpu" in done.stdout and "stopped agent demo-allcpus" in done.stdout
     # The agents are gone from the fleet, their results stay.
     listed = subprocess.run(
@@ -61,7 +68,7 @@ def test_demo_writes_reports_that_open_offline(tmp_path: Path) -> None:
         timeout=60,
         check=True,
     )
-    assert f'"succeeded": {cells}' in runs.stdout
+    assert f'"succeeded": {cells}' in runs.stdout and '"skipped": 2' in runs.stdout
 
     reason = browser_available()
     if reason:
@@ -70,6 +77,7 @@ def test_demo_writes_reports_that_open_offline(tmp_path: Path) -> None:
     assert page.console_errors == ()
     assert page.network_requests == ()  # self-contained: opens offline
     assert page.svg_count >= 3  # latency/accuracy, speedup heat map, memory
-    for text in ("demo-1cpu", "demo-allcpus", "Recommendation", "INT8 quantization", "channel pruning"):
-        assert text in page.text
+    for shown in ("demo-1cpu", "demo-allcpus", "Recommendation", "INT8 quantization", "channel pruning"):
+        assert shown in page.text
+    assert "Runtimes side by side" in page.text and "Variants and their formats" in page.text
     assert page.screenshot is not None and page.screenshot.stat().st_size > 10_000

@@ -10,40 +10,51 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import subprocess
 import sys
+import time
+import types
 from pathlib import Path
 
 import pytest
 
-import agent.runtimes.tensorrt as trt_backend
 from agent.runtimes.base import ModelLoadError, RuntimeUnsupported
-from agent.runtimes.tensorrt import (
-    BACKEND,
-    BuildOptions,
-    GpuIdentity,
-    ParserErrorInfo,
-    PrecisionPlan,
-    ProbeFacts,
-    ProfileRequest,
-    build_options,
-    cache_dir_for,
-    default_cache_dir,
+from agent.runtimes.tensorrt import backend, build, probe
+from agent.runtimes.tensorrt.backend import BACKEND, TensorRtBackend
+from agent.runtimes.tensorrt.build import ParserErrorInfo, format_parser_errors
+from agent.runtimes.tensorrt.cache import (
+    CacheEntry,
+    cache_dir,
+    cache_entries,
     engine_cache_key,
-    format_parser_errors,
-    jetson_gpu_memory,
+    evict,
     model_digest,
+    plan_eviction,
+    read_sidecar,
+)
+from agent.runtimes.tensorrt.gpu import GpuIdentity
+from agent.runtimes.tensorrt.memory import (
+    jetson_gpu_memory,
     nvmap_process_bytes,
     nvml_gpu_memory,
-    parse_device_index,
-    parse_input_shapes,
     parse_meminfo,
     pci_bus_id,
+)
+from agent.runtimes.tensorrt.options import (
+    BuildOptions,
+    PrecisionPlan,
+    ProfileRequest,
+    build_options,
+    options_from_json,
+    options_to_json,
+    parse_device_index,
+    parse_input_shapes,
     precision_plan,
-    probe_problems,
     profile_request,
     profile_shapes,
 )
+from agent.runtimes.tensorrt.probe import ProbeFacts, probe_problems
 from agent.types import PrecisionHint, RuntimeConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,19 +101,19 @@ def test_probe_on_this_machine_says_why_and_never_raises() -> None:
     if info.available:
         pytest.skip("this machine has TensorRT and an NVIDIA GPU")
     assert info.unavailable_reason
-    assert "; ".join(probe_problems(trt_backend.gather_probe_facts())) == info.unavailable_reason
+    assert "; ".join(probe_problems(probe.gather_probe_facts())) == info.unavailable_reason
 
 
 def test_probe_reports_available_from_complete_facts(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake facts isolate the decision: a machine with everything is available, with TensorRT's version."""
-    monkeypatch.setattr(trt_backend, "gather_probe_facts", lambda: READY)
+    monkeypatch.setattr(backend, "gather_probe_facts", lambda: READY)
     info = BACKEND.probe()
     assert info.available and info.version == "10.3.0" and info.execution_providers == ("cuda",)
 
     def broken() -> ProbeFacts:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(trt_backend, "gather_probe_facts", broken)
+    monkeypatch.setattr(backend, "gather_probe_facts", broken)
     info = BACKEND.probe()
     assert not info.available and "probe failed: RuntimeError: boom" in info.unavailable_reason
 
@@ -164,8 +175,8 @@ def test_options_travel_to_the_build_process_unchanged() -> None:
         config(PrecisionHint.INT8, input_shapes="ids:1x128,mask:1x128", max_batch="64", strongly_typed="true"),
         TRT10_FLAGS,
     )
-    sent = json.loads(json.dumps(trt_backend._options_to_json(options)))
-    assert trt_backend._options_from_json(sent) == options
+    sent = json.loads(json.dumps(options_to_json(options)))
+    assert options_from_json(sent) == options
 
 
 # ---------------------------------------------------------------------------------------------- profile shapes
@@ -257,13 +268,24 @@ def test_model_digest_covers_external_data(tmp_path: Path) -> None:
     assert model_digest(inline) == hashlib.sha256(inline.read_bytes()).hexdigest()
 
 
-def test_cache_folder_defaults_beside_the_job_folders(tmp_path: Path) -> None:
+def test_the_cache_folder_is_beside_the_job_folders_and_no_job_can_move_it(tmp_path: Path) -> None:
     model = tmp_path / "jobs" / "0123456789abcdef01234567" / "model.onnx"
-    assert default_cache_dir(model) == tmp_path / "jobs" / "tensorrt-engines"
-    assert cache_dir_for(model, config()) == default_cache_dir(model)
-    assert cache_dir_for(model, config(engine_cache_dir=str(tmp_path / "engines"))) == tmp_path / "engines"
-    with pytest.raises(RuntimeUnsupported, match="must be an absolute path"):
-        cache_dir_for(model, config(engine_cache_dir="engines"))
+    assert cache_dir(model) == tmp_path / "jobs" / "tensorrt-engines"
+    for value in (str(tmp_path / "elsewhere"), "engines", ""):
+        with pytest.raises(RuntimeUnsupported, match="engine_cache_dir is an agent setting, not a job option"):
+            build_options(config(engine_cache_dir=value), TRT10_FLAGS)
+
+
+def test_a_job_sending_engine_cache_dir_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """On any machine, GPU or not: the refusal comes first, and nothing is created where the job pointed."""
+    model = tmp_path / "jobs" / "0123456789abcdef01234567" / "model.onnx"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"unused")
+    target = tmp_path / "chosen-by-the-job"
+    for step in (BACKEND.prepare, BACKEND.load):
+        with pytest.raises(RuntimeUnsupported, match="engine_cache_dir is an agent setting, not a job option"):
+            step(model, config(engine_cache_dir=str(target)))
+    assert not target.exists() and not cache_dir(model).exists()
 
 
 def test_a_cached_engine_is_used_only_when_its_hash_matches(tmp_path: Path) -> None:
@@ -271,11 +293,115 @@ def test_a_cached_engine_is_used_only_when_its_hash_matches(tmp_path: Path) -> N
     engine.write_bytes(b"serialized engine")
     meta = {"engine_sha256": hashlib.sha256(b"serialized engine").hexdigest(), "engine_build_s": "1.5"}
     engine.with_suffix(".json").write_text(json.dumps(meta))
-    assert trt_backend._read_sidecar(engine) == meta
+    assert read_sidecar(engine) == meta
     engine.write_bytes(b"serialized engin")  # truncated
-    assert trt_backend._read_sidecar(engine) is None
+    assert read_sidecar(engine) is None
     assert not engine.exists() and not engine.with_suffix(".json").exists(), "a corrupt entry is removed"
-    assert trt_backend._read_sidecar(engine) is None
+    assert read_sidecar(engine) is None
+
+
+def _key(n: int) -> str:
+    return hashlib.sha256(str(n).encode()).hexdigest()
+
+
+def _entry(folder: Path, n: int, size: int, age_s: float, now: float) -> str:
+    """A cache entry (engine + sidecar) last used `age_s` seconds before `now`."""
+    key = _key(n)
+    for path, data in ((folder / f"{key}.engine", b"e" * size), (folder / f"{key}.json", b"{}")):
+        path.write_bytes(data)
+        os.utime(path, (now - age_s, now - age_s))
+    return key
+
+
+def test_eviction_plan_is_least_recently_used_first_and_never_touches_kept_engines() -> None:
+    def e(n: int, nbytes: int, used: int) -> CacheEntry:
+        return CacheEntry(_key(n), (), nbytes, used)
+
+    entries = [e(1, 10, 100), e(2, 10, 400), e(3, 10, 300), e(4, 10, 200)]
+    assert [v.key for v in plan_eviction(entries, set(), 2, 10**9)] == [_key(4), _key(1)]
+    # The kept engine is the oldest here, yet stays; it counts toward the bound first.
+    assert [v.key for v in plan_eviction(entries, {_key(1)}, 2, 10**9)] == [_key(3), _key(4)]
+    # A byte cap: once an entry does not fit, it and every older one go (strict LRU, no skipping).
+    sized = [e(1, 50, 100), e(2, 30, 400), e(3, 80, 300), e(4, 10, 200)]
+    assert [v.key for v in plan_eviction(sized, set(), 10, 100)] == [_key(3), _key(4), _key(1)]
+    # A kept engine larger than the cap alone is still kept; everything else goes.
+    assert [v.key for v in plan_eviction(sized, {_key(3)}, 10, 60)] == [_key(2), _key(4), _key(1)]
+    assert plan_eviction(entries, set(), 4, 40) == []
+
+
+def test_evict_bounds_the_folder_and_removes_only_cache_files(tmp_path: Path) -> None:
+    now = time.time()
+    keys = [_entry(tmp_path, n, size=100, age_s=1000 - n * 10, now=now) for n in range(6)]  # keys[5] newest
+    in_use = keys[0]  # the oldest, but the running job's
+    unrelated = tmp_path / "notes.txt"
+    unrelated.write_text("not an engine")
+    old_temp = tmp_path / f".{_key(99)}.engine.abc123.tmp"
+    old_temp.write_bytes(b"half an engine")
+    os.utime(old_temp, (now - 2 * 3600, now - 2 * 3600))
+    fresh_temp = tmp_path / f".{_key(98)}.engine.def456.tmp"  # a build may be writing it
+    fresh_temp.write_bytes(b"half an engine")
+
+    evicted = evict(tmp_path, {in_use}, max_engines=3, max_bytes=10**9, now=now)
+    assert sorted(evicted) == sorted(keys[1:4])
+    assert {e.key for e in cache_entries(tmp_path)} == {in_use, keys[4], keys[5]}
+    assert unrelated.exists() and fresh_temp.exists() and not old_temp.exists()
+
+    # Byte cap: each entry is 102 bytes (engine + sidecar), so 250 bytes hold the kept one and one more.
+    assert evict(tmp_path, {in_use}, max_engines=10, max_bytes=250, now=now) == [keys[4]]
+    assert {e.key for e in cache_entries(tmp_path)} == {in_use, keys[5]}
+    assert evict(tmp_path / "missing", {in_use}) == [], "a missing folder is not an error"
+
+
+def test_prepare_builds_once_hits_after_and_keeps_the_cache_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prepare with TensorRT and CUDA faked: the build helper is asked once per engine, a hit refreshes
+    the engine's time, and eviction runs after each prepare without removing the engine about to load."""
+    flags = types.SimpleNamespace(__members__=dict.fromkeys(TRT10_FLAGS))
+    monkeypatch.setattr(backend, "gather_probe_facts", lambda: READY)
+    monkeypatch.setattr(backend, "import_tensorrt", lambda: types.SimpleNamespace(BuilderFlag=flags))
+    monkeypatch.setattr(backend, "import_cudart", lambda: None)
+    monkeypatch.setattr(backend, "gpu_identity", lambda _cudart, _index: (GpuIdentity("Fake GPU", (8, 7)), None))
+    built: list[str] = []
+
+    def fake_build(request: dict[str, object]) -> None:
+        engine = Path(str(request["engine"]))
+        data = b"engine " + engine.stem.encode()
+        engine.write_bytes(data)
+        sidecar = {**request["sidecar"], "engine_sha256": hashlib.sha256(data).hexdigest()}  # type: ignore[dict-item]
+        engine.with_suffix(".json").write_text(json.dumps(sidecar))
+        built.append(engine.stem)
+
+    monkeypatch.setattr(backend, "run_build_helper", fake_build)
+    trt = TensorRtBackend()
+    trt.max_cached_engines = 2
+    jobs = tmp_path / "jobs"
+    models = []
+    for n in range(3):
+        model = jobs / f"job{n}" / "model.onnx"
+        model.parent.mkdir(parents=True)
+        model.write_bytes(f"model {n}".encode())
+        models.append(model)
+
+    trt.prepare(models[0], config())
+    trt.prepare(models[0], config())
+    assert len(built) == 1 and trt._prepared[models[0]].built_here is False
+    first = jobs / "tensorrt-engines" / f"{built[0]}.engine"
+    os.utime(first, (1, 1))  # long unused ...
+    trt._prepared.clear()
+    trt.prepare(models[1], config())
+    trt.prepare(models[0], config())  # ... until this job uses it again: a hit, and the newest entry
+    assert len(built) == 2 and first.exists()
+    trt._prepared.clear()
+    trt.prepare(models[2], config())  # a third engine: the least recently used one (models[1]'s) goes
+    assert len(built) == 3
+    assert {e.key for e in cache_entries(jobs / "tensorrt-engines")} == {built[0], built[2]}
+    # Every engine this process prepared and has not loaded yet is in use: even beyond the bound, both stay.
+    trt.max_cached_engines = 1
+    trt.prepare(models[1], config())  # evicted above, so built again
+    assert len(built) == 4 and built[3] == built[1]
+    assert {e.key for e in cache_entries(jobs / "tensorrt-engines")} == {built[2], built[3]}
+    assert set(trt._prepared) == {models[2], models[1]}
 
 
 # ---------------------------------------------------------------------------------------------- devices and memory
@@ -378,21 +504,21 @@ def test_prepare_and_load_without_tensorrt_are_unsupported_with_the_reasons(tmp_
 
 def test_the_build_helper_reports_a_missing_tensorrt_as_unsupported(tmp_path: Path) -> None:
     """The helper process protocol, for real: its error line becomes the exception the job maps."""
-    if trt_backend.gather_probe_facts().tensorrt_version is not None:
+    if probe.gather_probe_facts().tensorrt_version is not None:
         pytest.skip("tensorrt is installed here")
     options = build_options(config(), TRT10_FLAGS)
     request = {
         "model": str(tmp_path / "model.onnx"),
         "engine": str(tmp_path / "cache" / "k.engine"),
         "device": 0,
-        "options": trt_backend._options_to_json(options),
+        "options": options_to_json(options),
         "sidecar": {},
     }
     with pytest.raises(RuntimeUnsupported, match="runtime 'tensorrt' is unavailable on this device: No module named"):
-        trt_backend._run_build_helper(request)
+        build.run_build_helper(request)
     assert not (tmp_path / "cache").exists()
     usage = subprocess.run(
-        [sys.executable, "-m", "agent.runtimes.tensorrt"], cwd=ROOT, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "agent.runtimes.tensorrt.build"], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert usage.returncode == 2 and "usage:" in usage.stderr
 
@@ -450,18 +576,18 @@ def test_build_errors_from_the_helper_keep_their_kind(monkeypatch: pytest.Monkey
 
     def fake_run(status: int, line: str):  # type: ignore[no-untyped-def]
         def run(*args: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
-            return subprocess.CompletedProcess([], status, "", f"[TRT] log line\n{trt_backend._ERROR_PREFIX}{line}\n")
+            return subprocess.CompletedProcess([], status, "", f"[TRT] log line\n{build.ERROR_PREFIX}{line}\n")
 
         return run
 
-    monkeypatch.setattr(trt_backend.subprocess, "run", fake_run(3, "TensorRT's ONNX parser rejected the model: x"))
+    monkeypatch.setattr(build.subprocess, "run", fake_run(3, "TensorRT's ONNX parser rejected the model: x"))
     with pytest.raises(ModelLoadError, match="parser rejected"):
-        trt_backend._run_build_helper({})
-    monkeypatch.setattr(trt_backend.subprocess, "run", fake_run(4, "INT8 with TensorRT needs a model quantized"))
+        build.run_build_helper({})
+    monkeypatch.setattr(build.subprocess, "run", fake_run(4, "INT8 with TensorRT needs a model quantized"))
     with pytest.raises(RuntimeUnsupported, match="INT8"):
-        trt_backend._run_build_helper({})
+        build.run_build_helper({})
     monkeypatch.setattr(
-        trt_backend.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess([], -11, "", "Segmentation fault\n")
+        build.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess([], -11, "", "Segmentation fault\n")
     )
     with pytest.raises(ModelLoadError, match="exited with status -11: Segmentation fault"):
-        trt_backend._run_build_helper({})
+        build.run_build_helper({})

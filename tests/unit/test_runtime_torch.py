@@ -23,7 +23,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from agent.runtimes.base import ModelLoadError, RuntimeUnsupported  # noqa: E402
-from agent.runtimes.torch_export import BACKEND, check_pt2_archive, check_sym_expr  # noqa: E402
+from agent.runtimes.pt2_guard import check_pt2_archive, check_sym_expr  # noqa: E402
+from agent.runtimes.torch_export import BACKEND  # noqa: E402
 from agent.types import PrecisionHint, RuntimeConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
