@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 
 from coordinator.compress.base import DataSplits, Log, NotApplicable, RecipeError, StepReport
-from coordinator.compress.recipe import MODULES, Recipe
+from coordinator.compress.recipe import MODULES, Recipe, Step
 from coordinator.dispatch.client import sha256_file
 
-#: 2: variants keep their torch-stage program (stage.pt2) and ONNX (stage.onnx) for format converters.
-CACHE_VERSION = "2"
+#: 3: the torch stage (the model after a recipe's torch steps, as stage.pt2 + stage.onnx) is cached on its own,
+#: keyed by those steps, so `channels:0.5` and `channels:0.5+int8` fine-tune once, and converters start from it.
+CACHE_VERSION = "3"
 
 
 @dataclass(frozen=True)
@@ -157,18 +158,65 @@ class VariantBuilder:
         key = hashlib.sha256(f"{CACHE_VERSION}|{source.sha256}|{recipe.name}|{dataset_sha256}".encode()).hexdigest()
         return self.cache_dir / key[:24]
 
+    def stage_dir(self, source: SourceModel, torch_steps: Sequence[Step], dataset_sha256: str) -> Path:
+        """Where the model after `torch_steps` is cached (shared by every recipe that starts with them)."""
+        steps = "+".join(s.text() for s in torch_steps)
+        key = hashlib.sha256(f"{CACHE_VERSION}|{source.sha256}|{steps}|{dataset_sha256}".encode()).hexdigest()
+        return self.cache_dir / f"stage-{key[:24]}"
+
     def stage(self, source: SourceModel, recipe: Recipe, dataset_sha256: str) -> Stage:
         """The variant before its ONNX-level steps (see `Stage`); the variant must have been built."""
-        if not any(s.stage == "torch" for s in recipe.steps):
+        torch_steps = [s for s in recipe.steps if s.stage == "torch"]
+        if not torch_steps:
             program, missing = self.baseline_program(source)
             return Stage(self.baseline(source), program, missing, source.example_shape)
-        folder = self.folder(source, recipe, dataset_sha256)
-        onnx = folder / "stage.onnx" if (folder / "stage.onnx").exists() else folder / "variant.onnx"
+        folder = self.stage_dir(source, torch_steps, dataset_sha256)
         manifest = json.loads((folder / "manifest.json").read_text())
-        program = folder / "stage.pt2"
-        if program.exists():
-            return Stage(onnx, program, "", source.example_shape)
-        return Stage(onnx, None, str(manifest.get("stage_program_error", "no torch.export program")), ())
+        if (folder / "stage.pt2").exists():
+            return Stage(folder / "stage.onnx", folder / "stage.pt2", "", source.example_shape)
+        return Stage(folder / "stage.onnx", None, str(manifest.get("program_error") or "no torch.export program"))
+
+    def _torch_stage(
+        self, source: SourceModel, torch_steps: Sequence[Step], data: DataSplits, folder: Path
+    ) -> list[StepReport]:
+        """Apply `torch_steps` (or reuse their cached result) into `folder`; the reports of what they did."""
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text())
+            if sha256_file(folder / "stage.onnx") == manifest["onnx_sha256"]:
+                self.log(f"reusing the cached result of {'+'.join(s.text() for s in torch_steps)}")
+                return [StepReport(r["technique"], r["params"], r["notes"], r["seconds"]) for r in manifest["steps"]]
+        except (OSError, ValueError, KeyError):
+            pass
+        if source.torch_model is None:
+            raise NotApplicable(
+                f"{torch_steps[0].technique} needs the PyTorch model (give the model as "
+                "package.module:factory or a .pt2 program), not an ONNX file"
+            )
+        shutil.rmtree(folder, ignore_errors=True)
+        reports = []
+        model = copy.deepcopy(source.torch_model)
+        for step in torch_steps:
+            started = time.monotonic()
+            self.log(f"{step.text()}: {step.technique}")
+            model, report = _technique(step.technique).apply(model, data, dict(step.params), self.log)
+            report.seconds = time.monotonic() - started
+            reports.append(report)
+        model.eval()
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "stage.tmp.onnx"
+        _export(model, source.example_shape, tmp)
+        tmp.replace(folder / "stage.onnx")
+        _path, program_error = _save_program(model, source.example_shape, folder / "stage.pt2")
+        manifest = {
+            "onnx_sha256": sha256_file(folder / "stage.onnx"),
+            "program_error": program_error,
+            "steps": [
+                {"technique": r.technique, "params": r.params, "seconds": round(r.seconds, 2), "notes": r.notes}
+                for r in reports
+            ],
+        }
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))  # written last
+        return reports
 
     def build(self, source: SourceModel, recipe: Recipe, data: DataSplits | None, dataset_sha256: str) -> BuiltVariant:
         if recipe.is_baseline:
@@ -179,7 +227,7 @@ class VariantBuilder:
         if cached is not None:
             return BuiltVariant(recipe, folder / "variant.onnx", cached["sha256"], cached.get("skipped", ""), cached)
         try:
-            manifest = self._build(source, recipe, data, folder)
+            manifest = self._build(source, recipe, data, folder, dataset_sha256)
         except NotApplicable as exc:
             manifest = {"recipe": recipe.name, "skipped": str(exc), "parent_sha256": source.sha256}
             folder.mkdir(parents=True, exist_ok=True)
@@ -205,34 +253,20 @@ class VariantBuilder:
         shutil.rmtree(folder, ignore_errors=True)
         return None
 
-    def _build(self, source: SourceModel, recipe: Recipe, data: DataSplits | None, folder: Path) -> dict[str, Any]:
+    def _build(
+        self, source: SourceModel, recipe: Recipe, data: DataSplits | None, folder: Path, dataset_sha256: str
+    ) -> dict[str, Any]:
         if data is None:
             raise RecipeError(f"{recipe.name}: compression needs a dataset (--dataset D.npz, see README 'Datasets')")
         reports: list[StepReport] = []
-        program_error = ""
         torch_steps = [s for s in recipe.steps if s.stage == "torch"]
         onnx_steps = [s for s in recipe.steps if s.stage == "onnx"]
         with tempfile.TemporaryDirectory(prefix="edgebench-compress-") as tmp:
             current = Path(tmp) / "step0.onnx"
             if torch_steps:
-                if source.torch_model is None:
-                    raise NotApplicable(
-                        f"{torch_steps[0].technique} needs the PyTorch model (give the model as "
-                        "package.module:factory or a .pt2 program), not an ONNX file"
-                    )
-                model = copy.deepcopy(source.torch_model)
-                for step in torch_steps:
-                    started = time.monotonic()
-                    self.log(f"{recipe.name}: {step.technique}")
-                    model, report = _technique(step.technique).apply(model, data, dict(step.params), self.log)
-                    report.seconds = time.monotonic() - started
-                    reports.append(report)
-                model.eval()
-                _export(model, source.example_shape, current)
-                folder.mkdir(parents=True, exist_ok=True)
-                _path, program_error = _save_program(model, source.example_shape, folder / "stage.pt2")
-                if onnx_steps:
-                    shutil.copyfile(current, folder / "stage.onnx")
+                stage = self.stage_dir(source, torch_steps, dataset_sha256)
+                reports += self._torch_stage(source, torch_steps, data, stage)
+                shutil.copyfile(stage / "stage.onnx", current)
             else:
                 shutil.copyfile(self.baseline(source), current)
             for i, step in enumerate(onnx_steps, start=1):
@@ -256,7 +290,6 @@ class VariantBuilder:
             "baseline_size_bytes": baseline.stat().st_size,
             "accuracy_top1": top1_onnx(final, data),
             "baseline_accuracy_top1": top1_onnx(baseline, data),
-            "stage_program_error": program_error,
             "steps": [
                 {"technique": r.technique, "params": r.params, "seconds": round(r.seconds, 2), "notes": r.notes}
                 for r in reports

@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from coordinator.compress.base import load_splits
 from coordinator.compress.pipeline import SourceModel, VariantBuilder
@@ -93,3 +95,47 @@ def test_compress_cli_bad_recipe_points_at_the_token(tmp_path: Path, onnx_model:
     assert "Traceback" not in done.stderr
     bad = _edgebench(tmp_path, "compress", str(model), "--dataset", str(data), "--variants", "int8:calib=best")
     assert bad.returncode == 2 and "calib" in bad.stderr and "minmax" in bad.stderr
+
+
+class _TinyCNN(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_recipes_share_their_torch_stage_and_each_format_gets_its_own_int8(tmp_path: Path) -> None:
+    """`prune:0.5` and `prune:0.5+int8` prune once; the INT8 variant is then made for OpenVINO by NNCF and for
+    LiteRT by ai-edge-quantizer from that pruned network, while eager torch has no INT8 form (a reason)."""
+    pytest.importorskip("nncf")
+    pytest.importorskip("litert_torch")
+    from coordinator.compress.base import DataSplits, Split
+    from coordinator.convert.targets import convert_all
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 4, size=96)
+    data = DataSplits(test=Split(x[:32], y[:32]), train=Split(x[32:], y[32:]))
+    source = SourceModel("5" * 64, torch_model=_TinyCNN().eval(), example_shape=(1, 1, 8, 8))
+    messages: list[str] = []
+    builder = VariantBuilder(tmp_path / "cache", messages.append)
+    pruned = builder.build(source, parse_recipe("prune:0.5"), data, "d" * 64)
+    quantized = builder.build(source, parse_recipe("prune:0.5+int8"), data, "d" * 64)
+    assert pruned.path is not None and quantized.path is not None
+    assert sum("pruned" in m for m in messages) == 1 and any("reusing the cached result" in m for m in messages)
+    assert quantized.manifest["steps"][0]["technique"] == "prune"  # the reused step is still in the manifest
+
+    recipe = parse_recipe("prune:0.5+int8")
+    stage = builder.stage(source, recipe, "d" * 64)
+    assert stage.program is not None and stage.onnx.is_file()
+    folder = builder.folder(source, recipe, "d" * 64)
+    made, missing = convert_all(("openvino_ir", "tflite", "torch_export"), stage, recipe, data, folder, print)
+    by_format = {a.format: a for a in made}
+    assert by_format["openvino_ir"].notes == "OpenVINO IR, NNCF static INT8"
+    assert [name for name, _p, _s in by_format["openvino_ir"].companions] == ["model.bin"]
+    assert by_format["tflite"].notes == "TFLite, full-integer INT8 (ai-edge-quantizer)"
+    assert dict(missing)["torch_export"].startswith("eager PyTorch runs the network as trained")
