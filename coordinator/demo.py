@@ -64,7 +64,7 @@ def run_demo(
     store: Store,
     out_dir: Path,
     *,
-    min_duration_s: float = 2.0,
+    min_duration_s: float = 1.0,
     variants: str = DEMO_VARIANTS,
     runtimes: tuple[str, ...] = DEMO_RUNTIMES,
     on_event: OnEvent | None = None,

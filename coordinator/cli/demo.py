@@ -15,7 +15,7 @@ def demo(
     output_dir: Annotated[Path, typer.Option("-o", "--output-dir", help="Where the reports and model go.")] = Path(
         "edgebench-demo"
     ),
-    min_duration: Annotated[float, typer.Option(min=0.1, help="Minimum steady-state seconds per job.")] = 2.0,
+    min_duration: Annotated[float, typer.Option(min=0.1, help="Minimum steady-state seconds per job.")] = 1.0,
 ) -> None:
     """Start two local agents (1 CPU and all CPUs), build the built-in digits CNN's variants with every
     compression technique, benchmark them on both agents, write the HTML and Markdown reports, print where

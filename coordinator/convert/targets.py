@@ -120,28 +120,30 @@ def _plan(fmt: str, stage: Stage, steps: tuple[str, ...], data: DataSplits | Non
             )
 
         if not steps:
-            return float_tflite, "TFLite (litert-torch), FP32"
+
+            def fp32(folder: Path) -> Any:
+                path, notes = _stage_tflite(stage, float_tflite)
+                shutil.copyfile(path, folder / "model.tflite")
+                return _converted()("tflite", folder / "model.tflite", (), notes)
+
+            return fp32, "TFLite (litert-torch), FP32"
         if steps == ("int8",):
             calibration = _calibration(data, "TFLite")
 
             def full_int8(folder: Path) -> Any:
-                with tempfile.TemporaryDirectory(prefix="edgebench-tflite-") as tmp:
-                    base = float_tflite(Path(tmp))
-                    return tflite.quantize_int8(
-                        base.path,
-                        folder / "model.tflite",
-                        calibration,
-                        check_inputs=_check_inputs(data),
-                        check_labels=_labels(data),
-                    )
+                return tflite.quantize_int8(
+                    _stage_tflite(stage, float_tflite)[0],
+                    folder / "model.tflite",
+                    calibration,
+                    check_inputs=_check_inputs(data),
+                    check_labels=_labels(data),
+                )
 
             return full_int8, "TFLite, full-integer INT8 (ai-edge-quantizer)"
         if steps == ("int8dyn",):
 
             def dynamic_int8(folder: Path) -> Any:
-                with tempfile.TemporaryDirectory(prefix="edgebench-tflite-") as tmp:
-                    base = float_tflite(Path(tmp))
-                    return tflite.quantize_dynamic_int8(base.path, folder / "model.tflite")
+                return tflite.quantize_dynamic_int8(_stage_tflite(stage, float_tflite)[0], folder / "model.tflite")
 
             return dynamic_int8, "TFLite, dynamic INT8 weights (ai-edge-quantizer)"
         raise NotApplicable(f"no TFLite form of {shown} in this version (TFLite variants: fp32, int8, int8dyn)")
@@ -166,14 +168,36 @@ def _plan(fmt: str, stage: Stage, steps: tuple[str, ...], data: DataSplits | Non
     raise NotApplicable(f"unknown target format {fmt!r}; known: {', '.join(TARGET_FORMATS)}")
 
 
+def _stage_tflite(stage: Stage, make: Make) -> tuple[Path, dict[str, Any]]:
+    """The float TFLite of a stage and its conversion notes, converted once beside the stage's program (the FP32
+    and INT8 forms all start from it). A sidecar holds its sha256, so a changed file is converted again."""
+    assert stage.program is not None
+    target = stage.program.with_suffix(".tflite")
+    sidecar = target.with_suffix(".tflite.json")
+    try:
+        known = json.loads(sidecar.read_text())
+        if target.is_file() and known["sha256"] == sha256_file(target):
+            return target, dict(known["notes"])
+    except (OSError, ValueError, KeyError):
+        pass
+    with tempfile.TemporaryDirectory(prefix="edgebench-tflite-", dir=target.parent) as tmp:
+        converted = make(Path(tmp))
+        made = Path(converted.path)
+        sidecar.write_text(json.dumps({"sha256": sha256_file(made), "notes": converted.notes}, default=str))
+        made.replace(target)
+    return target, dict(converted.notes)
+
+
+def _converted() -> Any:
+    return importlib.import_module("coordinator.convert.base").Converted
+
+
 def _copy_program(stage: Stage) -> Make:
     def copy(folder: Path) -> Any:
-        from coordinator.convert.base import Converted
-
         assert stage.program is not None
         target = folder / "model.pt2"
         shutil.copyfile(stage.program, target)
-        return Converted("torch_export", target)
+        return _converted()("torch_export", target)
 
     return copy
 
