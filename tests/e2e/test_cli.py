@@ -96,7 +96,10 @@ def test_fleet_run_report_cycle(tmp_path: Path, agent: LocalAgent, models: dict[
     assert done.returncode == 0, done.stdout + done.stderr
     assert "succeeded" in done.stdout and "run id:" in done.stdout
     runs = json.loads(edgebench(home, "runs", "--format", "json").stdout)
-    assert len(runs) == 1 and runs[0]["name"] == "cli-test" and runs[0]["jobs"] == {"succeeded": 1}
+    # No --runtimes: every runtime the agent has. The ONNX model runs on ONNX Runtime and, converted to an IR,
+    # on OpenVINO; LiteRT and eager torch need the PyTorch model, so their cells are SKIPPED with that reason.
+    assert len(runs) == 1 and runs[0]["name"] == "cli-test"
+    assert runs[0]["jobs"] == {"succeeded": 2, "skipped": 2}
     run_id = runs[0]["run_id"]
 
     for fmt in ("md", "csv", "json", "html"):
@@ -105,7 +108,14 @@ def test_fleet_run_report_cycle(tmp_path: Path, agent: LocalAgent, models: dict[
         assert made.returncode == 0, made.stderr
         assert out.stat().st_size > 0
     rows = list(csv.DictReader(io.StringIO((tmp_path / "report.csv").read_text())))
-    assert len(rows) == 1 and rows[0]["device"] == "box"
+    assert {r["runtime"]: r["status"] for r in rows} == {
+        "onnxruntime": "succeeded",
+        "openvino": "succeeded",
+        "litert": "skipped",
+        "torch": "skipped",
+    }
+    assert all(r["device"] == "box" for r in rows)
+    assert "made from the PyTorch model" in (tmp_path / "report.md").read_text()
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["schema_version"] >= 1
     assert "box" in (tmp_path / "report.md").read_text()

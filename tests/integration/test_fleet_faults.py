@@ -41,7 +41,8 @@ def test_unreachable_device_at_start_then_resume(agent_factory, store: Store, mo
     good = agent_factory()
     register(store, "good", good)
     store.add_device(Device(name="ghost", address="127.0.0.1:1", token_file=str(good.workdir / "token")))
-    run = start_run(store, model=models["mlp"], dataset=models["mlp_data"], settings=QUICK)
+    # One runtime: these tests are about faults, one job per device keeps them readable.
+    run = start_run(store, model=models["mlp"], dataset=models["mlp_data"], settings=QUICK, runtimes=["onnxruntime"])
     jobs = {j.device: j for j in run.jobs}
     assert jobs["good"].status is JobStatus.SUCCEEDED
     assert jobs["ghost"].status is JobStatus.UNREACHABLE
@@ -79,6 +80,7 @@ def test_agent_killed_mid_job(agent_factory, store: Store, models: dict[str, Pat
         model=models["mlp"],
         dataset=None,
         settings=slow,
+        runtimes=["onnxruntime"],
         dispatcher=Dispatcher(store, on_event=on_event, reconnect_s=2.0),
     )
     killer.join()
@@ -135,6 +137,8 @@ def test_coordinator_killed_mid_run_loses_nothing_and_reruns_nothing(
         "coordinator.cli",
         "run",
         str(models["mlp"]),
+        "--runtimes",
+        "onnxruntime",
         "--min-duration",
         "1.0",
         "--min-iterations",
