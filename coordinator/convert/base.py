@@ -49,6 +49,7 @@ __all__ = [
     "Tolerance",
     "atomic_file",
     "check_array",
+    "check_int8_classifier",
     "check_labels_fit",
     "compare_outputs",
     "eval_mode",
@@ -253,6 +254,25 @@ def top1_agreement(reference: np.ndarray, got: np.ndarray) -> float:
 def top1(logits: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy of (N, classes) logits against the first N labels."""
     return float(np.mean(np.argmax(logits, axis=1) == labels[: len(logits)]))
+
+
+def check_int8_classifier(
+    reference: np.ndarray, got: np.ndarray, labels: np.ndarray | None, check: dict[str, Any], source: str
+) -> None:
+    """For classifier outputs ((N, classes), classes > 1): record both accuracies when labels are given
+    (``accuracy_int8`` and ``accuracy_<source>``) and require top-1 agreement with the `source` model of at
+    least MIN_INT8_TOP1_AGREEMENT (ConversionFailed otherwise). Other outputs are left to the numeric check."""
+    if reference.ndim != 2 or reference.shape[1] <= 1:
+        return
+    if labels is not None:
+        check["accuracy_int8"] = top1(got, labels)
+        check[f"accuracy_{source}"] = top1(reference, labels)
+    agreement = top1_agreement(reference, got)
+    if agreement < MIN_INT8_TOP1_AGREEMENT:
+        raise ConversionFailed(
+            f"numeric check failed: INT8 top-1 agreement with the {source} model is {agreement:.3f} on "
+            f"{check['samples']} samples (< {MIN_INT8_TOP1_AGREEMENT}); max |difference| {check['max_abs_diff']:.4g}"
+        )
 
 
 def _tmp_name(target: Path) -> Path:

@@ -50,6 +50,7 @@ from coordinator.convert.base import (
     Converted,
     Tolerance,
     check_array,
+    check_int8_classifier,
     check_labels_fit,
     compare_outputs,
     publish_files,
@@ -58,8 +59,6 @@ from coordinator.convert.base import (
     require,
     sdk_version,
     split_batches,
-    top1,
-    top1_agreement,
 )
 
 __all__ = [
@@ -239,17 +238,7 @@ def nncf_int8(
             got = _openvino_outputs(ov, xml, check_inputs)
             check = compare_outputs(reference, got, None, what="OpenVINO INT8 IR vs onnxruntime FP32")
             check.update(samples=len(reference[0]), precision_hint=PRECISION_HINT)
-            if reference[0].ndim == 2 and reference[0].shape[1] > 1:
-                if check_labels is not None:
-                    check["accuracy_int8"] = top1(got[0], check_labels)
-                    check["accuracy_fp32"] = top1(reference[0], check_labels)
-                agreement = top1_agreement(reference[0], got[0])
-                if agreement < MIN_INT8_TOP1_AGREEMENT:
-                    raise ConversionFailed(
-                        f"numeric check failed: INT8 top-1 agreement with FP32 is {agreement:.3f} on "
-                        f"{check['samples']} samples (< {MIN_INT8_TOP1_AGREEMENT}); max |difference| "
-                        f"{check['max_abs_diff']:.4g}"
-                    )
+            check_int8_classifier(reference[0], got[0], check_labels, check, "fp32")
             notes["numeric_check"] = check
         notes.update(_sizes(Path(tmp), onnx_path))
         publish_files((xml, out_dir / XML), [(Path(tmp) / BIN, out_dir / BIN)])

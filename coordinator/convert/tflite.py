@@ -42,6 +42,7 @@ from coordinator.convert.base import (
     Tolerance,
     atomic_file,
     check_array,
+    check_int8_classifier,
     check_labels_fit,
     compare_outputs,
     eval_mode,
@@ -50,8 +51,6 @@ from coordinator.convert.base import (
     require,
     sdk_version,
     split_batches,
-    top1,
-    top1_agreement,
 )
 
 if TYPE_CHECKING:
@@ -233,17 +232,7 @@ def quantize_int8(
             got = _join([runner.run(chunk) for chunk in check_chunks])
             check = compare_outputs(reference, got, None, what="TFLite INT8 (dequantized) vs TFLite float")
             check["samples"] = len(check_inputs) - dropped
-            if reference[0].ndim == 2 and reference[0].shape[1] > 1:
-                if check_labels is not None:
-                    check["accuracy_int8"] = top1(got[0], check_labels)
-                    check["accuracy_float"] = top1(reference[0], check_labels)
-                agreement = top1_agreement(reference[0], got[0])
-                if agreement < MIN_INT8_TOP1_AGREEMENT:
-                    raise ConversionFailed(
-                        f"numeric check failed: INT8 top-1 agreement with the float model is {agreement:.3f} on "
-                        f"{check['samples']} samples (< {MIN_INT8_TOP1_AGREEMENT}); max |difference| "
-                        f"{check['max_abs_diff']:.4g}"
-                    )
+            check_int8_classifier(reference[0], got[0], check_labels, check, "float")
             notes["numeric_check"] = check
         del runner
     notes.update(_sizes(out, float_tflite))
