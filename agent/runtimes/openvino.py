@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,33 @@ PERFORMANCE_HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
 
 
+class _NoTelemetry:
+    """Stands in for openvino_telemetry's singleton: each method of its API does nothing (and it has no
+    `backend`, which OpenVINO's own start-up checks for before using one)."""
+
+    def init(self, *args: Any, **kwargs: Any) -> None:
+        del args, kwargs
+
+    send_event = start_session = end_session = send_error = send_stack_trace = send_opt_in_event = init
+    force_shutdown = get_stats = init
+
+
+def _telemetry_off() -> None:
+    """`import openvino` sends a usage event (from a forked process that reaches for the network). An agent on
+    a user's network must not phone home because it loaded a runtime, so the telemetry singleton is replaced
+    by a no-op for this process before the import (the user's own consent file is not touched)."""
+    try:
+        telemetry = importlib.import_module("openvino_telemetry")
+        attribute = "_SingletonMetaClass__single_instance"
+        if hasattr(telemetry.Telemetry, attribute):
+            setattr(telemetry.Telemetry, attribute, _NoTelemetry())
+    except Exception:  # not installed, or another version: nothing to switch off here
+        pass
+
+
 def _openvino() -> Any:
+    if "openvino" not in sys.modules:
+        _telemetry_off()
     return importlib.import_module("openvino")
 
 

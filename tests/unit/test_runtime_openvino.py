@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +226,18 @@ def test_onnx_external_data_is_checked_before_openvino_opens_it(tmp_path: Path) 
     assert onnx.load(str(path), load_external_data=False).graph.initializer[0].name == "w"
     with pytest.raises(ModelLoadError, match="refused before any runtime opened it"):
         BACKEND.prepare(path, RuntimeConfig("openvino"))
+
+
+def test_loading_openvino_on_an_agent_sends_no_telemetry() -> None:
+    """`import openvino` forks a process that sends a usage event; the backend switches that off first."""
+    code = (
+        "import os\n"
+        "forks = []\n"
+        "real = os.fork\n"
+        "os.fork = lambda: (forks.append(1), real())[1]\n"
+        "from agent.runtimes.openvino import BACKEND\n"
+        "assert BACKEND.probe().available\n"
+        "print('forks', len(forks))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert "forks 0" in done.stdout
