@@ -57,6 +57,8 @@ class AgentSettings:
     prestart_job_process: bool = True
 
     def __post_init__(self) -> None:
+        # Absolute: job processes run inside their job folder, so a relative work dir would not resolve there.
+        object.__setattr__(self, "workdir", Path(self.workdir).expanduser().absolute())
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port must be 0..65535 (0 = pick a free one), got {self.port}")
         if bool(self.tls_cert) != bool(self.tls_key):

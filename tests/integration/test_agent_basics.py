@@ -189,3 +189,21 @@ def test_concurrent_uploads_of_one_artifact_send_it_once(agent: LocalAgent, tmp_
     assert len(reports) == 4
     assert sum(r.sent_bytes for r in reports) == blob.stat().st_size  # sent once, the others waited
     assert sum(not r.already_present for r in reports) == 1
+
+
+def test_an_agent_with_a_relative_work_dir_runs_jobs(
+    tmp_path: Path, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`edgebench demo -o edgebench-demo` starts agents with a relative --workdir; job processes run inside their
+    job folder, so the agent must resolve it (it once handed them paths that did not exist from there)."""
+    from coordinator.dispatch.local import start_agent
+
+    monkeypatch.chdir(tmp_path)
+    agent = start_agent(Path("relative-agent"))
+    try:
+        with agent.client() as client:
+            model = client.upload(models["null"]).sha256
+            result = client.run_to_result(make_job(model, fmt=pb.MODEL_FORMAT_NULL, runtime="null"))
+    finally:
+        agent.stop()
+    assert result.status == pb.BENCHMARK_STATUS_SUCCEEDED, result.message
