@@ -10,9 +10,10 @@ from how their converters work, and says so where a question cannot be settled w
 * OpenVINO: its ONNX frontend covers the default opset; there are no known limits for default-domain
   ops (source: OpenVINO's "Supported Operations: ONNX" list). It implements only some ``com.microsoft``
   ops. Whether an attribute combination is accepted is not knowable statically.
-* TFLite / LiteRT, via onnx2tf (ONNX to TensorFlow, then the LiteRT converter): ONNX control flow,
-  sequences, strings and ops with data-dependent output shapes have no one-to-one LiteRT builtin;
-  converters emulate them, fail, or need the Flex (``SELECT_TF_OPS``) delegate. Marked "limited".
+* TFLite / LiteRT (edgebench converts from the PyTorch model with litert-torch; the ONNX ops stand for what
+  the network does): control flow, sequences, strings and ops with data-dependent output shapes have no
+  one-to-one LiteRT builtin; converters emulate them, fail, or need the Flex (``SELECT_TF_OPS``) delegate.
+  Marked "limited".
 * TensorRT: the ops its ONNX parser marks unsupported (N) in onnx-tensorrt ``docs/operators.md`` (the
   TensorRT 8.4 matrix; newer releases may have added some) and the restrictions it lists there.
 * Core ML: coremltools 6 and later have no ONNX frontend (only PyTorch / TensorFlow), so per-op support
@@ -33,7 +34,7 @@ Level = Literal["unsupported", "limited", "unknown", "info"]
 #: Target name -> what it means.
 TARGETS: Final[dict[str, str]] = {
     "openvino": "OpenVINO (ONNX frontend / IR)",
-    "tflite": "TFLite / LiteRT (via onnx2tf)",
+    "tflite": "TFLite / LiteRT (via litert-torch)",
     "tensorrt": "TensorRT (ONNX parser)",
     "coreml": "Core ML (coremltools)",
 }
@@ -66,7 +67,7 @@ _TABLE: Final[dict[str, dict[str, tuple[Level, str]]]] = {
     "openvino": {},
     "tflite": {
         **{
-            op: ("limited", "ONNX control flow: onnx2tf converts it only in simple cases; verify by converting")
+            op: ("limited", "control flow: converted to LiteRT only in simple cases; verify by converting")
             for op in _CONTROL_FLOW_OPS
         },
         **{op: ("unsupported", "ONNX sequences/optionals have no LiteRT equivalent") for op in _SEQUENCE_OPS},
@@ -116,7 +117,7 @@ _TABLE: Final[dict[str, dict[str, tuple[Level, str]]]] = {
 
 _ALWAYS: Final[dict[str, tuple[Level, str]]] = {
     "openvino": ("info", "no known limits for default-domain ONNX ops; attribute combinations are not checked here"),
-    "tflite": ("info", "onnx2tf also rewrites layouts (NCHW to NHWC); success is not knowable statically"),
+    "tflite": ("info", "made from the PyTorch model (litert-torch), NCHW kept; success is not knowable statically"),
     "tensorrt": ("info", "limits follow onnx-tensorrt's operator matrix; layer precision support is not checked here"),
     "coreml": (
         "unknown",
@@ -126,7 +127,7 @@ _ALWAYS: Final[dict[str, tuple[Level, str]]] = {
 
 _DYNAMIC_DIMS: Final[dict[str, tuple[Level, str]]] = {
     "openvino": ("limited", "dynamic dims run on CPU/GPU; the NPU plugin needs static shapes (reshape the model)"),
-    "tflite": ("limited", "onnx2tf needs fixed input shapes (its -ois option)"),
+    "tflite": ("limited", "the TFLite file is converted at the example input's shape (batch fixed at export)"),
     "tensorrt": ("limited", "dynamic dims need an optimization profile (min/opt/max shapes) at build time"),
     "coreml": ("limited", "flexible shapes (RangeDim/EnumeratedShapes) may run off the Neural Engine"),
 }
