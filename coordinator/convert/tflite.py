@@ -27,13 +27,12 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from coordinator.compress.base import NotApplicable, RecipeError
+from coordinator.compress.base import RecipeError
 from coordinator.convert.base import (
     MIN_INT8_TOP1_AGREEMENT,
     RANDOM_CHECK_SAMPLES,
@@ -52,6 +51,7 @@ from coordinator.convert.base import (
     sdk_version,
     split_batches,
 )
+from coordinator.convert.tflite_runner import Runner, first_line
 
 if TYPE_CHECKING:
     from torch import nn
@@ -133,7 +133,7 @@ def torch_to_tflite(
             with quiet("absl", env={"LITERT_TORCH_SHOW_PROGRESS": "n"}):
                 edge_model.export(str(tmp))
             del edge_model
-            runner = _Runner(interpreter_module, tmp)
+            runner = Runner(interpreter_module, tmp)
             notes["ops"] = runner.op_counts()
             with torch.no_grad():
                 reference_runs = [_torch_outputs(model(torch.from_numpy(chunk))) for chunk in chunks]
@@ -180,7 +180,7 @@ def quantize_int8(
     recipe = require("ai_edge_quantizer.recipe", EXTRA)
     interpreter_module = require("ai_edge_litert.interpreter", EXTRA)
     started = time.perf_counter()
-    float_runner = _Runner(interpreter_module, _existing(float_tflite, "quantize_int8"))
+    float_runner = Runner(interpreter_module, _existing(float_tflite, "quantize_int8"))
     float_runner.single_input("quantize_int8")
     dims = [None, *float_runner.input_shape[1:]]
     check_array(calibration, dims, float_runner.input_dtype, what="calibration inputs", converter="quantize_int8")
@@ -210,7 +210,7 @@ def quantize_int8(
     with atomic_file(out) as tmp:
         with quiet("absl"):
             result.export_model(str(tmp), overwrite=True)
-        runner = _Runner(interpreter_module, tmp)
+        runner = Runner(interpreter_module, tmp)
         notes.update(
             input_quantization=runner.quantization(runner.input_details()),
             output_quantization=runner.quantization(runner.output_details()),
@@ -268,7 +268,7 @@ def quantize_dynamic_int8(float_tflite: Path, out: Path) -> Converted:
     with atomic_file(out) as tmp:
         with quiet("absl"):
             result.export_model(str(tmp), overwrite=True)
-        runner = _Runner(interpreter_module, tmp)
+        runner = Runner(interpreter_module, tmp)
         notes["ops"] = runner.op_counts()
         notes["int8_weight_tensors"] = runner.int8_constant_tensors()
         if not notes["int8_weight_tensors"]:
@@ -285,136 +285,6 @@ def quantize_dynamic_int8(float_tflite: Path, out: Path) -> Converted:
     return Converted(FORMAT, out, (), notes)
 
 
-class _Runner:
-    """One TFLite model in LiteRT's Interpreter, run through its (single) signature: float inputs are
-    quantized and int8/uint8 outputs dequantized with the tensors' scale and zero point, outputs come back
-    in order (``output_0``, ``output_1``, ...)."""
-
-    def __init__(self, interpreter_module: Any, path: Path) -> None:
-        try:
-            self.interpreter = interpreter_module.Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
-            signatures = self.interpreter.get_signature_list()
-        except Exception as exc:
-            raise ConversionFailed(f"LiteRT cannot load {path.name}: {_first(exc)}") from exc
-        if len(signatures) != 1:
-            raise NotApplicable(f"TFLite model with {len(signatures)} signatures; exactly one is supported")
-        self.signature = next(iter(signatures))
-        self.runner = self.interpreter.get_signature_runner(self.signature)
-        self.input_names = list(signatures[self.signature]["inputs"])
-        self.output_names = sorted(signatures[self.signature]["outputs"], key=_natural_key)
-        self.input_name = self.input_names[0] if self.input_names else ""
-
-    def single_input(self, converter: str) -> None:
-        if len(self.input_names) != 1:
-            raise NotApplicable(
-                f"{converter} supports models with exactly one input; this one has {len(self.input_names)}"
-            )
-
-    def signature_inputs_count(self) -> int:
-        return len(self.input_names)
-
-    def input_details(self) -> dict[str, Any]:
-        return {name: self.runner.get_input_details()[name] for name in self.input_names}
-
-    def output_details(self) -> dict[str, Any]:
-        return {name: self.runner.get_output_details()[name] for name in self.output_names}
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.input_details()[self.input_name]["shape"])
-
-    @property
-    def input_dtype(self) -> np.dtype[Any]:
-        dtype: np.dtype[Any] = np.dtype(self.input_details()[self.input_name]["dtype"])
-        return dtype
-
-    @property
-    def batch(self) -> int:
-        return self.input_shape[0] if self.input_shape else 1
-
-    def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        detail = self.input_details()[self.input_name]
-        feed = _quantize(batch, detail) if np.dtype(detail["dtype"]) != batch.dtype else batch
-        result = self.runner(**{self.input_name: feed})
-        details = self.output_details()
-        return [_dequantize(np.asarray(result[name]), details[name]) for name in self.output_names]
-
-    @staticmethod
-    def quantization(details: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """Per tensor: dtype, and scale/zero point when it is quantized (per-tensor parameters)."""
-        described: dict[str, dict[str, Any]] = {}
-        for name, detail in details.items():
-            scale, zero_point = detail["quantization"]
-            entry: dict[str, Any] = {
-                "dtype": np.dtype(detail["dtype"]).name,
-                "shape": [int(d) for d in detail["shape"]],
-            }
-            if scale:
-                entry.update(scale=float(scale), zero_point=int(zero_point))
-            described[name] = entry
-        return described
-
-    def _ops(self) -> list[dict[str, Any]]:
-        try:
-            ops: list[dict[str, Any]] = self.interpreter._get_ops_details()
-        except Exception:  # a private API: counts are best effort
-            return []
-        return ops
-
-    def _tensor_dtypes(self) -> dict[int, np.dtype[Any]]:
-        dtypes: dict[int, np.dtype[Any]] = {}
-        for detail in self.interpreter.get_tensor_details():
-            dtypes[int(detail["index"])] = np.dtype(detail["dtype"])
-        return dtypes
-
-    def op_counts(self) -> dict[str, int]:
-        return dict(sorted(Counter(str(op["op_name"]) for op in self._ops()).items()))
-
-    def quantized_op_counts(self) -> dict[str, Any]:
-        """Ops whose first input is int8/uint8 (``quantized_ops`` by name) and the other ops (``float_ops``),
-        QUANTIZE/DEQUANTIZE left out of both."""
-        dtypes = self._tensor_dtypes()
-        quantized: Counter[str] = Counter()
-        floating: Counter[str] = Counter()
-        for op in self._ops():
-            name, inputs = str(op["op_name"]), [int(i) for i in op["inputs"] if int(i) >= 0]
-            if name in ("QUANTIZE", "DEQUANTIZE") or not inputs:
-                continue
-            if dtypes.get(inputs[0], np.dtype(np.float32)) in (np.dtype(np.int8), np.dtype(np.uint8)):
-                quantized[name] += 1
-            else:
-                floating[name] += 1
-        return {"quantized_ops": dict(sorted(quantized.items())), "float_ops": dict(sorted(floating.items()))}
-
-    def int8_constant_tensors(self) -> int:
-        """int8 tensors that are op inputs but never op outputs or graph inputs: stored weights."""
-        dtypes = self._tensor_dtypes()
-        produced = {int(i) for op in self._ops() for i in op["outputs"]}
-        graph_inputs = {int(d["index"]) for d in self.interpreter.get_input_details()}
-        consumed = {int(i) for op in self._ops() for i in op["inputs"] if int(i) >= 0}
-        return sum(
-            1 for i in consumed - produced - graph_inputs if dtypes.get(i) in (np.dtype(np.int8), np.dtype(np.uint8))
-        )
-
-
-def _quantize(batch: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    scale, zero_point = detail["quantization"]
-    dtype = np.dtype(detail["dtype"])
-    if not scale or not np.issubdtype(dtype, np.integer):
-        return batch.astype(dtype)
-    info = np.iinfo(dtype)
-    quantized: np.ndarray = np.clip(np.round(batch / scale) + zero_point, info.min, info.max).astype(dtype)
-    return quantized
-
-
-def _dequantize(values: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    scale, zero_point = detail["quantization"]
-    if not scale or not np.issubdtype(values.dtype, np.integer):
-        return values
-    real: np.ndarray = ((values.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)).astype(np.float32)
-    return real
-
-
 def _torch_outputs(result: object) -> list[np.ndarray]:
     import torch
 
@@ -429,11 +299,6 @@ def _join(runs: list[list[np.ndarray]]) -> list[np.ndarray]:
     return [np.concatenate([run[i] for run in runs]) for i in range(len(runs[0]))]
 
 
-def _natural_key(name: str) -> tuple[str, int]:
-    match = re.search(r"(\d+)$", name)
-    return (name[: match.start()], int(match.group(1))) if match else (name, -1)
-
-
 def _existing(path: Path, converter: str) -> Path:
     if not path.is_file():
         raise RecipeError(f"{converter}: TFLite model {path} does not exist")
@@ -445,8 +310,7 @@ def _sizes(out: Path, float_tflite: Path) -> dict[str, Any]:
     return {"size_bytes": size, "float_size_bytes": before, "size_ratio": round(size / before, 4)}
 
 
-def _first(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
+_first = first_line
 
 
 def _describe_failure(exc: BaseException) -> str:

@@ -108,12 +108,12 @@ def test_unsupported_operator_is_named(tmp_path: Path) -> None:
 
 @needs_litert
 def test_failed_check_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = tflite._Runner.run
+    real = tflite.Runner.run
 
     def off(self: Any, batch: np.ndarray) -> list[np.ndarray]:
         return [o + 0.25 for o in real(self, batch)]
 
-    monkeypatch.setattr(tflite._Runner, "run", off)
+    monkeypatch.setattr(tflite.Runner, "run", off)
     with pytest.raises(ConversionFailed, match=r"numeric check failed, TFLite vs torch: output 0 differs by 0\.25"):
         tflite.torch_to_tflite(TinyCNN(), (1, *SHAPE), tmp_path / "model.tflite", check_inputs=_normal(3))
     assert list(tmp_path.iterdir()) == []
