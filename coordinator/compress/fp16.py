@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 
 from coordinator.compress.base import DataSplits, Log, NotApplicable, StepReport
-from coordinator.compress.int8_static import batches, check_inputs, input_signature, install, reject_unknown
+from coordinator.compress.onnx_common import batches, check_inputs, input_signature, install, reject_unknown
 
 __all__ = ["CHECK_SAMPLES", "FP16_MAX", "MIN_TOP1_AGREEMENT", "TECHNIQUE", "Fp16"]
 

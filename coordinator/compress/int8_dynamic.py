@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from coordinator.compress.base import DataSplits, Log, StepReport, param_choice
-from coordinator.compress.int8_static import (
+from coordinator.compress.onnx_common import (
     CPUINFO,
     bool_param,
     publish_quantized,

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from coordinator.compress import fp16, int8_dynamic, int8_static
+from coordinator.compress import fp16, int8_dynamic, int8_static, onnx_common
 from coordinator.compress.base import DataSplits, NotApplicable, RecipeError, Split
 from coordinator.models.synthetic import build_cnn, build_mlp
 
@@ -150,9 +150,9 @@ def test_reduce_range_auto(tmp_path: Path, flags: str | None, expected: bool) ->
     cpuinfo = tmp_path / "cpuinfo"
     if flags is not None:
         cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
-    value, reason = int8_static.reduce_range_decision("auto", cpuinfo)
+    value, reason = onnx_common.reduce_range_decision("auto", cpuinfo)
     assert value is expected and reason.startswith("auto")
-    assert int8_static.reduce_range_decision("true", cpuinfo) == (True, "set by the recipe")
+    assert onnx_common.reduce_range_decision("true", cpuinfo) == (True, "set by the recipe")
 
 
 # --- int8 dynamic ----------------------------------------------------------------------------------------
