@@ -49,6 +49,22 @@ class Session(Protocol):
     def close(self) -> None: ...
 
 
+class DeclaredIO:
+    """The `inputs`/`outputs` half of a Session, for backends that read them once at load into `_inputs` and
+    `_outputs`."""
+
+    _inputs: Sequence[TensorInfo]
+    _outputs: Sequence[TensorInfo]
+
+    @property
+    def inputs(self) -> Sequence[TensorInfo]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> Sequence[TensorInfo]:
+        return self._outputs
+
+
 class Backend(Protocol):
     name: str
     formats: tuple[ModelFormat, ...]

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from agent.runtimes.base import Array, ModelLoadError, RuntimeUnsupported, unavailable
+from agent.runtimes.base import Array, DeclaredIO, ModelLoadError, RuntimeUnsupported, unavailable
 from agent.types import ModelFormat, RuntimeConfig, RuntimeInfo, TensorInfo
 
 NAME = "coreml"
@@ -222,7 +222,7 @@ def _tensor_infos(features: Sequence[Any], what: str) -> tuple[TensorInfo, ...]:
     return tuple(infos)
 
 
-class CoreMLSession:
+class CoreMLSession(DeclaredIO):
     def __init__(
         self,
         model: Any,
@@ -238,14 +238,6 @@ class CoreMLSession:
         self._names = [o.name for o in outputs]
         self._details = details
         self._units = units
-
-    @property
-    def inputs(self) -> Sequence[TensorInfo]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> Sequence[TensorInfo]:
-        return self._outputs
 
     def run(self, feeds: Mapping[str, Array]) -> Sequence[Array]:
         result = self._predict(dict(feeds))

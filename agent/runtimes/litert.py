@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.runtimes.base import Array, ModelLoadError, RuntimeUnsupported, unavailable
+from agent.runtimes.base import Array, DeclaredIO, ModelLoadError, RuntimeUnsupported, unavailable
 from agent.types import ModelFormat, RuntimeConfig, RuntimeInfo, TensorInfo
 
 NAME = "litert"
@@ -126,7 +126,7 @@ def _quantization(detail: Mapping[str, Any]) -> Quantization | None:
     return Quantization(dtype, float(scale), int(zero_point))
 
 
-class LiteRtSession:
+class LiteRtSession(DeclaredIO):
     def __init__(self, interpreter: Any, np: Any, details: dict[str, str]) -> None:
         self._interpreter = interpreter
         self._np = np
@@ -174,14 +174,6 @@ class LiteRtSession:
             return (t.astype(np.int32) - zp).astype(np.float32) * scale
 
         return dequantize
-
-    @property
-    def inputs(self) -> Sequence[TensorInfo]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> Sequence[TensorInfo]:
-        return self._outputs
 
     def run(self, feeds: Mapping[str, Array]) -> Sequence[Array]:
         set_tensor = self._set_tensor

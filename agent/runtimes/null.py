@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.runtimes.base import Array, ModelLoadError, RuntimeUnsupported
+from agent.runtimes.base import Array, DeclaredIO, ModelLoadError, RuntimeUnsupported
 from agent.types import ModelFormat, RuntimeConfig, RuntimeInfo, TensorInfo
 
 NAME = "null"
@@ -32,7 +32,7 @@ def _busy_wait(ns: int) -> None:
         pass
 
 
-class NullSession:
+class NullSession(DeclaredIO):
     def __init__(
         self,
         inputs: tuple[TensorInfo, ...],
@@ -52,14 +52,6 @@ class NullSession:
         self._sleep_s = sleep_ns / 1e9
         self._crash_on_run = crash_on_run
         self._ballast = ballast
-
-    @property
-    def inputs(self) -> Sequence[TensorInfo]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> Sequence[TensorInfo]:
-        return self._outputs
 
     def run(self, feeds: Mapping[str, Array]) -> Sequence[Array]:
         if self._crash_on_run:

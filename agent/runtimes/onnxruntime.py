@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.runtimes.base import Array, ModelLoadError, RuntimeUnsupported, unavailable
+from agent.runtimes.base import Array, DeclaredIO, ModelLoadError, RuntimeUnsupported, unavailable
 from agent.runtimes.onnx_guard import check_external_data
 from agent.types import ModelFormat, RuntimeConfig, RuntimeInfo, TensorInfo
 
@@ -45,21 +45,13 @@ def _tensor_infos(args: Sequence[Any]) -> tuple[TensorInfo, ...]:
     )
 
 
-class OrtSession:
+class OrtSession(DeclaredIO):
     def __init__(self, session: Any, details: dict[str, str]) -> None:
         self._session = session
         self._inputs = _tensor_infos(session.get_inputs())
         self._outputs = _tensor_infos(session.get_outputs())
         self._details = details
         self._ort_run = session.run
-
-    @property
-    def inputs(self) -> Sequence[TensorInfo]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> Sequence[TensorInfo]:
-        return self._outputs
 
     def run(self, feeds: Mapping[str, Array]) -> Sequence[Array]:
         # Exactly what a user's own loop would call, so the harness adds nothing but the clock reads.

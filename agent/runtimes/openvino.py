@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.runtimes.base import Array, InputMismatch, ModelLoadError, RuntimeUnsupported, unavailable
+from agent.runtimes.base import Array, DeclaredIO, InputMismatch, ModelLoadError, RuntimeUnsupported, unavailable
 from agent.runtimes.onnx_guard import check_external_data
 from agent.types import ModelFormat, PrecisionHint, RuntimeConfig, RuntimeInfo, TensorInfo
 
@@ -178,7 +178,7 @@ def _batch_plan(inputs: Sequence[TensorInfo]) -> tuple[bool, str]:
     return False, "dynamic shapes beyond the batch axis: compiled dynamic"
 
 
-class OpenVinoSession:
+class OpenVinoSession(DeclaredIO):
     def __init__(
         self,
         core: Any,
@@ -220,14 +220,6 @@ class OpenVinoSession:
         else:
             self._views = None
         return compiled
-
-    @property
-    def inputs(self) -> Sequence[TensorInfo]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> Sequence[TensorInfo]:
-        return self._outputs
 
     def run(self, feeds: Mapping[str, Array]) -> Sequence[Array]:
         views = self._views

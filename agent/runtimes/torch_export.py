@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.runtimes.base import Array, ModelLoadError, RuntimeUnsupported, unavailable
+from agent.runtimes.base import Array, DeclaredIO, ModelLoadError, RuntimeUnsupported, unavailable
 from agent.runtimes.pt2_guard import check_pt2_archive
 from agent.types import ModelFormat, PrecisionHint, RuntimeConfig, RuntimeInfo, TensorInfo
 
@@ -67,7 +67,7 @@ def _leaves(value: Any) -> list[Any]:
     return [value]
 
 
-class TorchSession:
+class TorchSession(DeclaredIO):
     def __init__(
         self,
         torch: Any,
@@ -82,14 +82,6 @@ class TorchSession:
         self._outputs = outputs
         self._names = [i.name for i in inputs]
         self._details = details
-
-    @property
-    def inputs(self) -> Sequence[TensorInfo]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> Sequence[TensorInfo]:
-        return self._outputs
 
     def run(self, feeds: Mapping[str, Array]) -> Sequence[Array]:
         torch = self._torch

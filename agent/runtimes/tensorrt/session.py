@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.runtimes.base import Array, InputMismatch, ModelLoadError, RuntimeUnsupported
+from agent.runtimes.base import Array, DeclaredIO, InputMismatch, ModelLoadError, RuntimeUnsupported
 from agent.runtimes.tensorrt.gpu import GpuIdentity, cuda_check, gpu_identity, import_cudart, import_tensorrt, is_tegra
 from agent.runtimes.tensorrt.memory import gpu_memory_figure, pci_bus_id, read_gpu_memory
 from agent.runtimes.tensorrt.options import BuildOptions, Shape, fmt_shape
@@ -48,7 +48,7 @@ class _Binding:
     host: Any  # numpy uint8 view of the pinned buffer
 
 
-class TensorRtSession:
+class TensorRtSession(DeclaredIO):
     def __init__(
         self,
         trt: Any,
@@ -75,14 +75,6 @@ class TensorRtSession:
         self._provider = provider
         self._h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         self._d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-
-    @property
-    def inputs(self) -> Sequence[TensorInfo]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> Sequence[TensorInfo]:
-        return self._outputs
 
     def _reshape(self, binding: _Binding, shape: Shape) -> None:
         if not self._context.set_input_shape(binding.name, shape):
