@@ -121,6 +121,24 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+def ratio_rows(
+    reference: str, ratios: Sequence[float], ours: Sequence[float], theirs: Sequence[float], target: tuple[float, float]
+) -> list[Row]:
+    """The verdict rows of an interleaved edgebench-vs-`reference` latency comparison (medians in ns)."""
+    ratio = median(ratios)
+    return [
+        Row(
+            f"edgebench / {reference} median latency (median of rounds)",
+            f"{ratio:.3f}",
+            f"{target[0]}..{target[1]}",
+            target[0] <= ratio <= target[1],
+        ),
+        Row("per-round ratio min..max", f"{min(ratios):.3f} .. {max(ratios):.3f}"),
+        Row("edgebench median latency (median of rounds)", fmt_ms(median(ours))),
+        Row(f"{reference} median latency (median of rounds)", fmt_ms(median(theirs))),
+    ]
+
+
 def fmt_ms(ns: float) -> str:
     return f"{ns / 1e6:.3f} ms"
 

@@ -95,14 +95,13 @@ def build_tflite(work: Path) -> Path:
 def measure(args: argparse.Namespace) -> int:
     import ai_edge_litert
     from _common import (
-        Row,
         fmt_ms,
         local_agent,
         make_job,
-        median,
         print_header,
         print_table,
         print_verdict,
+        ratio_rows,
         run_job,
         temp_dir,
     )
@@ -165,18 +164,7 @@ def measure(args: argparse.Namespace) -> int:
     print()
     print("edgebench's interpreter: " + ", ".join(f"{k}={v}" for k, v in sorted(details.items())))
     print()
-    ratio = median(ratios)
-    rows = [
-        Row(
-            "edgebench / bare loop median latency (median of rounds)",
-            f"{ratio:.3f}",
-            f"{TARGET[0]}..{TARGET[1]}",
-            TARGET[0] <= ratio <= TARGET[1],
-        ),
-        Row("per-round ratio min..max", f"{min(ratios):.3f} .. {max(ratios):.3f}"),
-        Row("edgebench median latency (median of rounds)", fmt_ms(median(ours))),
-        Row("bare loop median latency (median of rounds)", fmt_ms(median(bare))),
-    ]
+    rows = ratio_rows("bare loop", ratios, ours, bare, TARGET)
     print_table("LiteRT: edgebench vs a bare interpreter loop", rows)
     if args.quick:
         print("note: --quick runs 3 rounds of 0.5 s; judge the ratio from a full run.")

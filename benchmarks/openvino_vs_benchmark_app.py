@@ -35,14 +35,13 @@ import time
 from pathlib import Path
 
 from _common import (
-    Row,
     fmt_ms,
     local_agent,
     make_job,
-    median,
     print_header,
     print_table,
     print_verdict,
+    ratio_rows,
     run_job,
     temp_dir,
 )
@@ -189,18 +188,7 @@ def main() -> int:
         )
     )
     print()
-    ratio = median(ratios)
-    rows = [
-        Row(
-            "edgebench / benchmark_app median latency (median of rounds)",
-            f"{ratio:.3f}",
-            f"{TARGET[0]}..{TARGET[1]}",
-            TARGET[0] <= ratio <= TARGET[1],
-        ),
-        Row("per-round ratio min..max", f"{min(ratios):.3f} .. {max(ratios):.3f}"),
-        Row("edgebench median latency (median of rounds)", fmt_ms(median(ours))),
-        Row("benchmark_app median latency (median of rounds)", fmt_ms(median(theirs))),
-    ]
+    rows = ratio_rows("benchmark_app", ratios, ours, theirs, TARGET)
     print_table("OpenVINO: edgebench vs benchmark_app", rows)
     if args.quick:
         print("note: --quick runs 3 rounds of 1 s; judge the ratio from a full run.")
