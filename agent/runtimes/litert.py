@@ -193,6 +193,20 @@ class LiteRtSession(DeclaredIO):
             outputs.append(dequantize(t) if dequantize else t)
         return outputs
 
+    def fit_batch(self, batch: int) -> str:
+        """At load: resize inputs whose only free axis is the batch axis to the job's batch, so the resize is
+        load time, not first-inference time. Returns what to record."""
+        pairs = zip(self._in, self._inputs, strict=True)
+        free = [(index, info) for (_, index, _), info in pairs if info.shape[:1] == (-1,)]
+        if not free:
+            return "fixed in the model"
+        if any(d < 0 for _, info in free for d in info.shape[1:]):
+            return "free beyond the batch axis: resized to the inputs' shape at the first run"
+        for index, info in free:
+            self._interpreter.resize_tensor_input(index, [batch, *info.shape[1:]], strict=True)
+        self._interpreter.allocate_tensors()
+        return f"free in the model: resized to the job's batch {batch} at load"
+
     def _resize(self, feeds: Mapping[str, Array]) -> bool:
         """Resize inputs with free dimensions to the feeds' shapes (once per new shape); False if none fit."""
         resized = False
@@ -302,7 +316,12 @@ class LiteRtBackend:
             "xnnpack_requested": "yes" if xnnpack == "1" else "no (option xnnpack=0)",
             "xnnpack": {True: "applied", False: "not applied", None: "unknown"}[applied],
         }
-        return LiteRtSession(interpreter, np, details)
+        session = LiteRtSession(interpreter, np, details)
+        raw = config.option("batch", "1") or "1"
+        if not raw.isdigit() or int(raw) < 1:
+            raise RuntimeUnsupported(f"option batch={raw!r} must be a positive whole number (LiteRT backend)")
+        details["batch"] = session.fit_batch(int(raw))
+        return session
 
 
 def _load_error(exc: BaseException, runtime: Runtime) -> ModelLoadError:

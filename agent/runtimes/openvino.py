@@ -13,7 +13,8 @@ An IR's weights arrive as a companion file next to `model.xml`, named `model.bin
 read with `Core.read_model(xml, bin)`; an IR whose `.xml` and `.bin` do not belong together is a
 ModelLoadError that says so. ONNX input has its external-data locations checked in `prepare`.
 
-Batch: a model whose batch axis (axis 0) is dynamic is reshaped to batch 1 and compiled static at load,
+Batch: a model whose batch axis (axis 0) is dynamic is reshaped to the job's batch (option ``batch``, which
+the harness sets; 1 without it) and compiled static at load,
 the way an application that knows its batch does it (and what `benchmark_app -shape` measures); its
 inputs are still reported with a free batch axis. A batch of another size recompiles the model for that
 size once, at its first run (so inside "first inference"), and stays compiled for it. Models with other
@@ -165,17 +166,25 @@ def _tensor_infos(ports: Sequence[Any], prefix: str) -> tuple[TensorInfo, ...]:
     return tuple(infos)
 
 
-def _batch_plan(inputs: Sequence[TensorInfo]) -> tuple[bool, str]:
-    """(reshape to batch 1 at load?, what to record). Only a free axis 0 with every other axis fixed qualifies."""
+def _batch_plan(inputs: Sequence[TensorInfo], batch: int) -> tuple[bool, str]:
+    """(reshape to `batch` at load?, what to record). Only a free axis 0 with every other axis fixed qualifies."""
     free = [(info, [ax for ax, d in enumerate(info.shape) if d < 0]) for info in inputs]
     if not any(axes for _, axes in free):
         return False, "static (as in the model)"
     if all(axes in ([], [0]) for _, axes in free) and all(info.shape for info in inputs):
         return (
             True,
-            "dynamic in the model: compiled for batch 1 at load; another batch size is compiled at its first run",
+            f"dynamic in the model: compiled for the job's batch {batch} at load; another batch size is compiled "
+            "at its first run",
         )
     return False, "dynamic shapes beyond the batch axis: compiled dynamic"
+
+
+def _batch_option(config: RuntimeConfig) -> int:
+    raw = config.option("batch", "1") or "1"
+    if not raw.isdigit() or int(raw) < 1:
+        raise RuntimeUnsupported(f"option batch={raw!r} must be a positive whole number (OpenVINO backend)")
+    return int(raw)
 
 
 class OpenVinoSession(DeclaredIO):
@@ -320,14 +329,15 @@ class OpenVinoBackend:
         model = _read_model(core, model_path)
         inputs = _tensor_infos(model.inputs, "input")
         outputs = _tensor_infos(model.outputs, "output")
-        reshape, batch_note = _batch_plan(inputs)
+        batch = _batch_option(config)
+        reshape, batch_note = _batch_plan(inputs, batch)
         if reshape:
             try:
-                model.reshape({i: [1, *info.shape[1:]] for i, info in enumerate(inputs)})
+                model.reshape({i: [batch, *info.shape[1:]] for i, info in enumerate(inputs)})
             except Exception as exc:  # a graph that hard-codes its batch somewhere: let OpenVINO run it dynamic
                 reshape, batch_note = (
                     False,
-                    f"dynamic in the model; batch 1 did not apply ({_ov_message(exc)}): compiled dynamic",
+                    f"dynamic in the model; batch {batch} did not apply ({_ov_message(exc)}): compiled dynamic",
                 )
         details: dict[str, str] = {}
         is_ir = model_path.suffix == ".xml"

@@ -216,3 +216,14 @@ def test_neither_package_makes_the_probe_say_what_to_install(monkeypatch: pytest
     assert "install edgebench[agent,litert]" in info.unavailable_reason
     with pytest.raises(RuntimeUnsupported, match="no LiteRT interpreter on this agent"):
         BACKEND.load(Path("model.tflite"), RuntimeConfig("litert"))
+
+
+def test_the_jobs_batch_is_resized_at_load(tmp_path: Path) -> None:
+    model = build_dynamic_batch_tflite(tmp_path / "dyn.tflite")
+    session = BACKEND.load(model, RuntimeConfig(name="litert", options=(("batch", "3"),)))
+    assert session.details()["batch"] == "free in the model: resized to the job's batch 3 at load"
+    x = sample_input(batch=3)
+    (out,) = session.run({session.inputs[0].name: x})
+    assert out.shape[0] == 3
+    fixed = BACKEND.load(build_tflite(tmp_path / "fixed.tflite"), RuntimeConfig(name="litert"))
+    assert fixed.details()["batch"] == "fixed in the model"

@@ -84,7 +84,7 @@ def test_details_record_what_the_compiled_model_reports(models: dict[str, Path])
     assert d["device"] == "CPU"
     assert d["device_full_name"] == f"CPU: {ov.Core().get_property('CPU', 'FULL_DEVICE_NAME')}"
     assert d["model_format"] == "openvino_ir" and d["openvino_build"] == ov.get_version()
-    assert d["batch"].startswith("dynamic in the model: compiled for batch 1")
+    assert d["batch"].startswith("dynamic in the model: compiled for the job's batch 1 at load")
 
 
 def test_unspecified_precision_means_f32() -> None:
@@ -241,3 +241,16 @@ def test_loading_openvino_on_an_agent_sends_no_telemetry() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert "forks 0" in done.stdout
+
+
+def test_the_jobs_batch_is_compiled_at_load(tmp_path: Path) -> None:
+    """The harness passes the job's batch as option `batch`: a free batch axis is compiled for it at load, so
+    the first inference does not pay a recompile."""
+    xml = build_ir(tmp_path)
+    session = BACKEND.load(xml, RuntimeConfig(name="openvino", options=(("batch", "4"),)))
+    assert "compiled for the job's batch 4 at load" in session.details()["batch"]
+    x = sample_input(batch=4)
+    (out,) = session.run({session.inputs[0].name: x})
+    assert out.shape[0] == 4
+    with pytest.raises(RuntimeUnsupported, match="option batch='0'"):
+        BACKEND.load(xml, RuntimeConfig(name="openvino", options=(("batch", "0"),)))
