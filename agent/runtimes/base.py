@@ -83,5 +83,14 @@ class Backend(Protocol):
         ...
 
 
+def batch_option(config: RuntimeConfig, backend: str) -> int:
+    """The job's batch (option ``batch``, set by the harness; 1 without it) for backends that compile or
+    allocate for a shape at load. RuntimeUnsupported for anything but a positive whole number."""
+    raw = config.option("batch", "1") or "1"
+    if not raw.isdigit() or int(raw) < 1:
+        raise RuntimeUnsupported(f"option batch={raw!r} must be a positive whole number ({backend} backend)")
+    return int(raw)
+
+
 def unavailable(name: str, formats: tuple[ModelFormat, ...], reason: str, version: str = "") -> RuntimeInfo:
     return RuntimeInfo(name=name, available=False, version=version, unavailable_reason=reason, model_formats=formats)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.runtimes.base import Array, DeclaredIO, ModelLoadError, RuntimeUnsupported, unavailable
+from agent.runtimes.base import Array, DeclaredIO, ModelLoadError, RuntimeUnsupported, batch_option, unavailable
 from agent.types import ModelFormat, RuntimeConfig, RuntimeInfo, TensorInfo
 
 NAME = "litert"
@@ -317,10 +317,7 @@ class LiteRtBackend:
             "xnnpack": {True: "applied", False: "not applied", None: "unknown"}[applied],
         }
         session = LiteRtSession(interpreter, np, details)
-        raw = config.option("batch", "1") or "1"
-        if not raw.isdigit() or int(raw) < 1:
-            raise RuntimeUnsupported(f"option batch={raw!r} must be a positive whole number (LiteRT backend)")
-        details["batch"] = session.fit_batch(int(raw))
+        details["batch"] = session.fit_batch(batch_option(config, "LiteRT"))
         return session
 
 

@@ -33,7 +33,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.runtimes.base import Array, DeclaredIO, InputMismatch, ModelLoadError, RuntimeUnsupported, unavailable
+from agent.runtimes.base import (
+    Array,
+    DeclaredIO,
+    InputMismatch,
+    ModelLoadError,
+    RuntimeUnsupported,
+    batch_option,
+    unavailable,
+)
 from agent.runtimes.onnx_guard import check_external_data
 from agent.types import ModelFormat, PrecisionHint, RuntimeConfig, RuntimeInfo, TensorInfo
 
@@ -180,13 +188,6 @@ def _batch_plan(inputs: Sequence[TensorInfo], batch: int) -> tuple[bool, str]:
     return False, "dynamic shapes beyond the batch axis: compiled dynamic"
 
 
-def _batch_option(config: RuntimeConfig) -> int:
-    raw = config.option("batch", "1") or "1"
-    if not raw.isdigit() or int(raw) < 1:
-        raise RuntimeUnsupported(f"option batch={raw!r} must be a positive whole number (OpenVINO backend)")
-    return int(raw)
-
-
 class OpenVinoSession(DeclaredIO):
     def __init__(
         self,
@@ -329,7 +330,7 @@ class OpenVinoBackend:
         model = _read_model(core, model_path)
         inputs = _tensor_infos(model.inputs, "input")
         outputs = _tensor_infos(model.outputs, "output")
-        batch = _batch_option(config)
+        batch = batch_option(config, "OpenVINO")
         reshape, batch_note = _batch_plan(inputs, batch)
         if reshape:
             try:
