@@ -266,3 +266,20 @@ def format_rows(report: Any) -> list[tuple[bool, list[str]]]:
         rows += [(True, [v.name, fmt, mib(size), sha[:12], how or DASH]) for fmt, sha, size, how in v.converted]
         rows += [(False, [v.name, fmt, DASH, DASH, why]) for fmt, why in v.unconverted]
     return rows
+
+
+CROSS_DEVICE_COLUMNS = ("device", "recommended", "median", "speedup", "accuracy drop", "peak MiB", "reason")
+
+
+def cross_device_row(r: Any, none: str = DASH) -> tuple[str, ...]:
+    """One row of the recommendations-across-devices table (r: schema.CrossDeviceRow); `none` stands in the
+    "recommended" column of a device without a recommendation."""
+    return (
+        r.device,
+        f"{r.variant}/{r.runtime}" if r.variant else none,
+        ms_unit(r.median_ns),
+        ratio(r.speedup),
+        pp(r.accuracy_drop),
+        mib(r.peak_rss_bytes),
+        r.reason,
+    )

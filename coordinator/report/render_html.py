@@ -11,21 +11,20 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 
 from coordinator.report._fmt import (
+    CROSS_DEVICE_COLUMNS,
     DASH,
     DETAIL_COLUMNS,
     FORMAT_COLUMNS,
     LEGEND,
     SEED_COLUMNS,
     TABLE_COLUMNS,
+    cross_device_row,
     detail_row,
     esc,
     format_rows,
     header_lines,
-    mib,
     ms_unit,
     notes_text,
-    pp,
-    ratio,
     seed_row,
     table_row,
 )
@@ -293,22 +292,8 @@ def render_html(report: Report) -> str:
         "<nav>" + "".join(f'<a href="#{esc(a)}">{esc(t)}</a>' for a, t in nav) + "</nav></header>",
         '<section id="recommendations"><h2>Recommendations across devices</h2>',
         _table(
-            ("device", "recommended", "median", "speedup", "accuracy drop", "peak MiB", "reason"),
-            [
-                (
-                    "rec" if r.variant else "not-ok",
-                    (
-                        r.device,
-                        f"{r.variant}/{r.runtime}" if r.variant else "none",
-                        ms_unit(r.median_ns),
-                        ratio(r.speedup),
-                        pp(r.accuracy_drop),
-                        mib(r.peak_rss_bytes),
-                        r.reason,
-                    ),
-                )
-                for r in report.cross_device
-            ],
+            CROSS_DEVICE_COLUMNS,
+            [("rec" if r.variant else "not-ok", cross_device_row(r, "none")) for r in report.cross_device],
             numeric={"median", "speedup", "accuracy drop", "peak MiB"},
         ),
         "</section>",

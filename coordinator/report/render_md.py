@@ -10,21 +10,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from coordinator.report._fmt import (
+    CROSS_DEVICE_COLUMNS,
     DASH,
     DETAIL_COLUMNS,
     FORMAT_COLUMNS,
     LEGEND,
     SEED_COLUMNS,
     TABLE_COLUMNS,
+    cross_device_row,
     detail_row,
     format_rows,
     header_lines,
     md,
-    mib,
-    ms_unit,
     notes_text,
-    pp,
-    ratio,
     seed_row,
     table_row,
 )
@@ -80,21 +78,7 @@ def render_md(report: Report) -> str:
     lines = [f"# edgebench report: {md(run.name)}", ""]
     lines += [f"- {md(line)}" for line in header_lines(report)]
     lines += [f"- {md(LEGEND)}", "", "## Recommendations across devices", ""]
-    lines += _table(
-        ("device", "recommended", "median", "speedup", "accuracy drop", "peak MiB", "reason"),
-        [
-            (
-                r.device,
-                f"{r.variant}/{r.runtime}" if r.variant else DASH,
-                ms_unit(r.median_ns),
-                ratio(r.speedup),
-                pp(r.accuracy_drop),
-                mib(r.peak_rss_bytes),
-                r.reason,
-            )
-            for r in report.cross_device
-        ],
-    )
+    lines += _table(CROSS_DEVICE_COLUMNS, [cross_device_row(r) for r in report.cross_device])
     lines.append("")
     if report.seed_table:
         lines += ["## The seed document's claims, measured", ""]
