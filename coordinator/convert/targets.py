@@ -124,7 +124,7 @@ def _plan(fmt: str, stage: Stage, steps: tuple[str, ...], data: DataSplits | Non
             def fp32(folder: Path) -> Any:
                 path, notes = _stage_tflite(stage, float_tflite)
                 shutil.copyfile(path, folder / "model.tflite")
-                return _converted()("tflite", folder / "model.tflite", (), notes)
+                return _converter("base").Converted("tflite", folder / "model.tflite", (), notes)
 
             return fp32, "TFLite (litert-torch), FP32"
         if steps == ("int8",):
@@ -188,16 +188,12 @@ def _stage_tflite(stage: Stage, make: Make) -> tuple[Path, dict[str, Any]]:
     return target, dict(converted.notes)
 
 
-def _converted() -> Any:
-    return importlib.import_module("coordinator.convert.base").Converted
-
-
 def _copy_program(stage: Stage) -> Make:
     def copy(folder: Path) -> Any:
         assert stage.program is not None
         target = folder / "model.pt2"
         shutil.copyfile(stage.program, target)
-        return _converted()("torch_export", target)
+        return _converter("base").Converted("torch_export", target)
 
     return copy
 
