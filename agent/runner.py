@@ -63,6 +63,16 @@ class RunnerConfig:
     cpu_affinity: tuple[int, ...] = ()
     #: Keep one job process started ahead of need (see agent/jobprocess.py).
     prestart: bool = True
+    #: Hard ceilings no job can raise its own limits past (0 = no ceiling).
+    max_wall_time_ns: int = 0
+    max_memory_bytes: int = 0
+    #: Job sandbox: "auto" (whatever the OS allows, recorded in each result), "required" (refuse jobs the
+    #: sandbox cannot fully contain) or "off".
+    sandbox: str = "auto"
+    #: A delegated cgroup v2 folder for job cgroups (None = the agent's own cgroup, when writable).
+    cgroup_root: Path | None = None
+    #: Files a job must never read (token, TLS key and certificate, config file): hidden in its sandbox.
+    secret_paths: tuple[Path, ...] = ()
 
 
 def _link(src: Path, dst: Path) -> None:
