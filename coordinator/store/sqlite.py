@@ -3,7 +3,9 @@
 Contract: a result is committed before the dispatcher moves on (nothing is lost if the coordinator is
 killed afterwards); `save_result` is idempotent per job id (a re-delivered result changes nothing);
 raw samples are kept losslessly but compactly (zlib of int64 deltas). Each thread uses its own
-connection (`Store` is cheap to share: connections are per thread).
+connection (`Store` is cheap to share: connections are per thread). Any number of processes may open the
+same file at once, a fresh one included: the schema is read and migrated under SQLite's write lock, so
+exactly one of them applies each migration and the others wait (up to BUSY_TIMEOUT_S) and then see it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from coordinator.types import (
 )
 
 SCHEMA_VERSION = 1
+#: How long a connection waits for another process's write lock before giving up (SQLite busy timeout).
+BUSY_TIMEOUT_S = 30.0
 
 
 class StoreError(Exception):
@@ -88,6 +92,21 @@ def _spec_from(data: dict[str, Any]) -> RunSpec:
     return RunSpec(**data)
 
 
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL, waiting for other processes. Switching a fresh file needs its exclusive lock, and
+    SQLite answers "database is locked" at once, without the busy timeout, while another connection is
+    switching the same file; so retry until BUSY_TIMEOUT_S has passed."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -95,6 +114,8 @@ class Store:
         # One writer at a time inside this process: SQLite's own busy handler backs off by sleeping (up to
         # 100 ms) and is unfair, so a burst of results from many device threads would wait far longer.
         self._write_lock = threading.Lock()
+        #: The migrations this open applied (empty when the file was already current).
+        self.applied: list[int] = []
         path.parent.mkdir(parents=True, exist_ok=True)
         self._migrate()
 
@@ -104,8 +125,10 @@ class Store:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA journal_mode=WAL")
+                conn = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+                )
+                _enable_wal(conn)
                 # FULL: a committed result survives power loss too, not only a killed coordinator.
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA foreign_keys=ON")
@@ -132,6 +155,15 @@ class Store:
         """A damaged file (torn write, disk error) surfaces as StoreError with what to do, not a traceback."""
         try:
             yield
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StoreError(
+                    f"the store {self.path} is busy: another process held its write lock for over "
+                    f"{BUSY_TIMEOUT_S:.0f} s; retry when it is done"
+                ) from None
+            raise StoreError(
+                f"the store {self.path} cannot be used: {exc}; restore it from a backup or point --db at a new file"
+            ) from None
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"the store {self.path} cannot be used: {exc}; restore it from a backup or point --db at a new file"
@@ -148,20 +180,27 @@ class Store:
             self._local.conn = None
 
     def _migrate(self) -> None:
-        version = self._query("PRAGMA user_version")[0][0]
         latest = _migrations()
-        if version > latest[-1][0]:
-            raise StoreError(
-                f"the store {self.path} has schema {version}, newer than this edgebench understands "
-                f"({latest[-1][0]}); upgrade edgebench or point --db elsewhere"
-            )
-        for number, sql in latest:
-            if number > version:
-                with self._tx() as tx:
+        newest = latest[-1][0]
+        if self._query("PRAGMA user_version")[0][0] == newest:
+            return  # the common case: current already, no write lock needed
+        # Read the version again under the write lock (BEGIN IMMEDIATE): two processes opening a fresh file
+        # at once would otherwise both see 0 and both apply migration 1, and the second would fail on
+        # "table already exists". The second one waits here, then finds the version the first one set.
+        with self._tx() as tx:
+            version = tx.execute("PRAGMA user_version").fetchone()[0]
+            if version > newest:
+                raise StoreError(
+                    f"the store {self.path} has schema {version}, newer than this edgebench understands "
+                    f"({newest}); upgrade edgebench or point --db elsewhere"
+                )
+            for number, sql in latest:
+                if number > version:
                     for statement in sql.split(";\n"):
                         if statement.strip():
                             tx.execute(statement)
                     tx.execute(f"PRAGMA user_version = {number}")
+                    self.applied.append(number)
 
     # ------------------------------------------------------------------ devices
 
