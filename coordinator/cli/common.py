@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
+from coordinator.safe_text import clean
+
 if TYPE_CHECKING:
     from coordinator.store.sqlite import Store
 
@@ -47,7 +49,8 @@ def default_db() -> Path:
 
 
 def fail(message: str, code: int = EXIT_INPUT) -> None:
-    typer.echo(f"edgebench: error: {message}", err=True)
+    """Print `message` (which may quote an agent: its control characters are made visible) and exit."""
+    typer.echo(f"edgebench: error: {clean(message)}", err=True)
     raise typer.Exit(code)
 
 

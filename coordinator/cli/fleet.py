@@ -92,29 +92,29 @@ def list_(
     from rich.console import Console
     from rich.table import Table
 
+    from coordinator.safe_text import text
+
+    # Everything in a probe but the name and address came from the agent: rich Text, never markup.
     table = Table(title=f"fleet ({len(devices)} devices)")
     for column in ("device", "address", "state", "agent / protocol", "device summary", "runtimes"):
         table.add_column(column, overflow="fold")
     for p in probes.values():
         if not p.online:
-            table.add_row(p.name, p.address, "[red]offline[/]", "", p.error, "")
+            table.add_row(text(p.name), text(p.address), text("offline", "red"), "", text(p.error), "")
             continue
-        state = "[green]online[/]" if p.compatible else "[yellow]incompatible[/]"
+        state = text("online", "green") if p.compatible else text("incompatible", "yellow")
         summary = f"{p.cpu_model}, {p.cpu_cores} CPUs, {p.memory_bytes / 2**30:.1f} GiB, {p.architecture}"
         if p.board:
             summary += f", {p.board}"
         if p.gpus:
             summary += f", GPU: {', '.join(p.gpus)}"
         runtimes = ", ".join(f"{r.name} {r.version}" for r in p.runtimes if r.available)
-        table.add_row(
-            p.name,
-            p.address,
-            state,
-            f"{p.agent_version} / {p.protocol}" + ("" if p.compatible else f"\n{p.compatibility}"),
-            summary,
-            runtimes,
-        )
-    Console(soft_wrap=False).print(table, markup=True, highlight=False, emoji=False)
+        agent = text(f"{p.agent_version} / {p.protocol}")
+        if not p.compatible:
+            agent.append("\n")
+            agent.append_text(text(p.compatibility))
+        table.add_row(text(p.name), text(p.address), state, agent, text(summary), text(runtimes))
+    Console(soft_wrap=False).print(table, markup=False, highlight=False, emoji=False)
 
 
 def _probe_json(p: object) -> dict[str, object]:
@@ -130,6 +130,7 @@ def show(
 ) -> None:
     """Everything a device reports: hardware, runtimes (with why unavailable ones are), compatibility."""
     from coordinator.fleet import probe
+    from coordinator.safe_text import one_line
 
     with open_store() as store:
         device = store.device(name)
@@ -161,8 +162,9 @@ def show(
             ("board", found.board or "-"),
             ("gpus", ", ".join(found.gpus) or "-"),
         ]
+    # Agent strings: one line each, control and bidi characters made visible.
     for key, value in rows:
-        typer.echo(f"{key:<10} {value}")
+        typer.echo(f"{key:<10} {one_line(value)}")
     if found.online:
         typer.echo("runtimes:")
         for r in found.runtimes:
@@ -171,4 +173,4 @@ def show(
                 if r.available
                 else f"unavailable: {r.reason}"
             )
-            typer.echo(f"  {r.name:<12} {detail}")
+            typer.echo(one_line(f"  {r.name:<12} {detail}"))

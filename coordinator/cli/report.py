@@ -27,6 +27,8 @@ def runs(output: Annotated[ListFormat, typer.Option("--format", help="table or j
     from rich.console import Console
     from rich.table import Table
 
+    from coordinator.safe_text import text
+
     table = Table()
     table.add_column("run id", no_wrap=True)
     for column in ("name", "started", "finished", "jobs"):
@@ -35,8 +37,8 @@ def runs(output: Annotated[ListFormat, typer.Option("--format", help="table or j
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at_ns"] / 1e9))
         finished = "yes" if r["finished_at_ns"] else "no (--resume)"
         jobs = ", ".join(f"{n} {status}" for status, n in sorted(r["jobs"].items()))
-        table.add_row(r["run_id"], r["name"], started, finished, jobs)
-    Console().print(table, markup=False, highlight=False)
+        table.add_row(*(text(cell) for cell in (r["run_id"], r["name"], started, finished, jobs)))
+    Console().print(table, markup=False, highlight=False, emoji=False)
 
 
 def report(

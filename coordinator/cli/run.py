@@ -67,6 +67,7 @@ def run(
     from coordinator.cli.progress import LiveProgress
     from coordinator.dispatch.dispatcher import Dispatcher
     from coordinator.runs import resume_run, start_run
+    from coordinator.safe_text import clean
     from coordinator.types import MeasurementSettings
 
     if not resume and model is None:
@@ -117,7 +118,7 @@ def run(
                         formats=None if formats == "auto" else [f for f in formats.split(",") if f],
                         weights=weights,
                         input_shape=input_shape,
-                        log=lambda m: console.print(m, markup=False, highlight=False),
+                        log=lambda m: console.print(clean(m), markup=False, highlight=False, emoji=False),
                         settings=settings,
                         name=name,
                         dispatcher=Dispatcher(store, on_event=progress, device_concurrency=device_concurrency),
@@ -141,11 +142,14 @@ def _totals(jobs: list[JobRecord]) -> dict[str, int]:
 
 
 def summary_table(console: Console, run: RunData) -> None:
+    """The run's jobs as a table. Agent strings (messages, runtime names) are rich `Text`, never markup, and
+    pass through `safe_text` first: a message holding "[/x]", a link or an escape sequence shows literally."""
     from rich.table import Table
 
+    from coordinator.safe_text import text
     from protos.stats import summarize
 
-    table = Table(title=f"run {run.spec.run_id} ({run.spec.name})")
+    table = Table(title=text(f"run {run.spec.run_id} ({run.spec.name})"))
     for column in ("device", "variant", "runtime", "status", "median", "n", "message"):
         table.add_column(column, overflow="fold")
     for j in run.jobs:
@@ -154,15 +158,23 @@ def summary_table(console: Console, run: RunData) -> None:
             s = summarize(j.result.latencies_ns)
             median, n = f"{s.median / 1e6:.3f} ms", str(s.n)
         colour = {"succeeded": "green", "skipped": "dim"}.get(j.status.value, "red")
-        table.add_row(j.device, j.variant, j.runtime, f"[{colour}]{j.status.value}[/]", median, n, j.message[:160])
+        table.add_row(
+            text(j.device),
+            text(j.variant),
+            text(j.runtime),
+            text(j.status.value, colour),
+            text(median),
+            text(n),
+            text(j.message, limit=160),
+        )
     console.print(table)
     unfinished = sum(not j.status.final for j in run.jobs)
     console.print(
-        f"run id: {run.spec.run_id}   report: edgebench report {run.spec.run_id} --format html -o "
-        f"report.html"
-        + (
-            f"\n{unfinished} job(s) without a final result: edgebench run --resume {run.spec.run_id}"
-            if unfinished
-            else ""
+        text(
+            f"run id: {run.spec.run_id}   report: edgebench report {run.spec.run_id} --format html -o report.html"
         )
     )
+    if unfinished:
+        console.print(
+            text(f"{unfinished} job(s) without a final result: edgebench run --resume {run.spec.run_id}")
+        )

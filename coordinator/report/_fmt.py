@@ -7,9 +7,9 @@ import re
 from typing import Any
 
 from coordinator.report.schema import Cell, Report
+from coordinator.safe_text import clean, one_line
 
 DASH = "—"
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def ms(ns: float | None) -> str:
@@ -80,8 +80,9 @@ def accuracy_text(c: Cell) -> str:
 
 
 def single_line(text: str) -> str:
-    """Newlines and other control characters as spaces: one table cell, one line."""
-    return _CONTROL.sub(" ", text.replace("\r\n", " ").replace("\n", " ").replace("\t", " "))
+    """One table cell, one line: line breaks as spaces; terminal and bidi controls as visible escapes
+    (`coordinator.safe_text`), so no renderer passes an agent's escape sequence or override through."""
+    return one_line(text)
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|#~$])")
@@ -96,8 +97,9 @@ def md(text: str) -> str:
 
 
 def esc(text: object) -> str:
-    """Untrusted text for HTML text or a quoted attribute value."""
-    return html.escape(str(text), quote=True)
+    """Untrusted text for HTML text or a quoted attribute value: entities for markup characters, visible
+    escapes for control and bidi characters (a bidi override would reorder what the reader sees)."""
+    return html.escape(clean(text), quote=True)
 
 
 def cell_label(c: Cell) -> str:

@@ -4,7 +4,9 @@ RFC 4180 through the csv module (CRLF line ends, quoting where needed). Values a
 bytes, fractions), floats in Python's shortest round-trip form, None as an empty field, booleans as
 true/false, lists joined with "; " and runtime_details as "key=value; ...". Text that a spreadsheet would
 run as a formula (starting with = + - @, tab or CR) is prefixed with a single quote (OWASP "CSV
-injection"); numbers are never touched, so negative values stay numeric.
+injection"); numbers are never touched, so negative values stay numeric. Terminal and bidi control
+characters in text are written as visible escapes (`coordinator.safe_text.clean`): a CSV is often `cat`
+to a terminal, where an agent's escape sequence would otherwise act.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import io
 from typing import Any
 
 from coordinator.report.schema import Cell, Report, to_jsonable
+from coordinator.safe_text import clean
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -36,7 +39,8 @@ def _field(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return "'" + value if value.startswith(_FORMULA_START) else value
+        text = clean(value)
+        return "'" + text if text.startswith(_FORMULA_START) else text
     return str(value)
 
 
