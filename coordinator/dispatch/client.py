@@ -2,7 +2,8 @@
 
 This is a transport module: it handles wire messages and nothing else. Uploads send only what the agent
 lacks (FindMissingArtifacts), resume an interrupted upload from the agent's committed offset, and hash the
-file once.
+file once. An upload the agent rejects with DATA_LOSS (what it received does not hash to the digest; it
+has discarded the bytes) is sent once more from offset 0, in case the resumed part was what was damaged.
 """
 
 from __future__ import annotations
@@ -107,26 +108,34 @@ class AgentClient:
         wait_for_others_s: float = 1800.0,
     ) -> UploadReport:
         """Upload `path` unless the agent has it; resume a partial upload. If another caller is uploading the
-        same artifact (ABORTED), wait for it (up to `wait_for_others_s`) instead of sending it twice.
-        `stop_after_bytes` (tests) breaks the stream after that many bytes, as a dropped connection would."""
+        same artifact (ABORTED), wait for it (up to `wait_for_others_s`) instead of sending it twice. A
+        DATA_LOSS answer is retried once from offset 0; a second one is raised (the caller decides what the
+        jobs become). `stop_after_bytes` (tests) breaks the stream after that many bytes, as a dropped
+        connection would."""
         digest = digest or sha256_file(path)
         deadline = time.monotonic() + wait_for_others_s
+        restart = False
         while True:
             try:
-                return self._upload_once(path, digest, chunk_bytes, stop_after_bytes)
+                return self._upload_once(path, digest, chunk_bytes, stop_after_bytes, restart)
             except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.DATA_LOSS and not restart:
+                    restart = True  # every byte again: the committed part may be the damaged one
+                    continue
                 if exc.code() != grpc.StatusCode.ABORTED or time.monotonic() > deadline:
                     raise
             time.sleep(0.2)
 
-    def _upload_once(self, path: Path, digest: str, chunk_bytes: int, stop_after_bytes: int | None) -> UploadReport:
+    def _upload_once(
+        self, path: Path, digest: str, chunk_bytes: int, stop_after_bytes: int | None, restart: bool = False
+    ) -> UploadReport:
         size = path.stat().st_size
         if not self.find_missing([digest]):
             return UploadReport(digest, size, 0, 0, True)
         status = self.upload_status(digest)
         if status.complete:
             return UploadReport(digest, size, 0, 0, True)
-        offset = status.committed_offset_bytes if status.committed_offset_bytes <= size else 0
+        offset = status.committed_offset_bytes if 0 < status.committed_offset_bytes <= size and not restart else 0
         sent = 0
 
         def requests() -> Iterator[pb.UploadArtifactRequest]:

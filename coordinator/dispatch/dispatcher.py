@@ -5,6 +5,11 @@ jobs in order, storing each result the moment it arrives (committed before the n
 broken stream is not a lost job: the dispatcher re-attaches by job id (the agent never runs an id twice
 and keeps finished results) until `reconnect_s` has passed; then the job and the device's remaining
 jobs are UNREACHABLE, which `run --resume` redoes. Results are validated before they are stored.
+
+An upload the agent rejects as corrupt (DATA_LOSS: its sha256 of the bytes differs) is sent once more from
+the first byte (AgentClient.upload); if that fails too, the device's jobs stay PENDING with the reason, so
+`run --resume` retries them. Progress events are coalesced: an agent may stream progress as fast as it
+likes, and at most PROGRESS_PER_S reach `on_event` per job (plus one per change of phase).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 
 import grpc
 
-from coordinator.dispatch.client import AgentClient
+from coordinator.dispatch.client import AgentClient, sha256_file
 from coordinator.dispatch.plan import cell_verdict
 from coordinator.dispatch.plan import job_id as make_job_id
 from coordinator.dispatch.wire import ResultRejected, build_job, job_state_name, phase_name, result_from_pb
@@ -28,6 +33,8 @@ from protos.edgebench.agent.v1 import agent_pb2 as pb
 
 #: Beyond the job's own wall-time limit: queueing on the agent, process start, result transfer.
 STREAM_GRACE_S = 120.0
+#: Progress events per second and job passed on to `on_event` while the phase stays the same.
+PROGRESS_PER_S = 10
 #: Errors that mean "the agent refused this job" (the job fails; the device is fine).
 REFUSALS = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -66,6 +73,10 @@ OnEvent = Callable[[DispatchEvent], None]
 
 class DeviceUnreachable(Exception):
     pass
+
+
+class UploadCorrupted(Exception):
+    """An artifact failed the agent's digest check on two uploads in a row; the message says what to do."""
 
 
 class Dispatcher:
@@ -161,6 +172,10 @@ class Dispatcher:
         with client:
             try:
                 self._upload(client, name, list(artifacts.values()), run.spec.dataset_path, run.spec.dataset_sha256)
+            except UploadCorrupted as exc:
+                # Nothing ran: keep the jobs redoable rather than FAILED, which `--resume` would keep.
+                self._fail_all(runnable, JobStatus.PENDING, f"{exc}; `edgebench run --resume {run.spec.run_id}`")
+                return
             except grpc.RpcError as exc:
                 status = JobStatus.FAILED if exc.code() in REFUSALS else JobStatus.UNREACHABLE
                 self._fail_all(runnable, status, f"upload to {name} failed: {describe_rpc_error(exc)}")
@@ -191,8 +206,22 @@ class Dispatcher:
             needed[dataset_sha256] = dataset_path
         missing = client.find_missing(list(needed))
         for sha in missing:
-            self._emit(DispatchEvent(name, "device", message=f"uploading {Path(needed[sha]).name}"))
-            client.upload(Path(needed[sha]), sha)
+            path = Path(needed[sha])
+            self._emit(DispatchEvent(name, "device", message=f"uploading {path.name}"))
+            try:
+                client.upload(path, sha)  # a first DATA_LOSS is retried from offset 0 inside
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.DATA_LOSS:
+                    raise
+                cause = (
+                    "the agent received other bytes than were sent (check the link and the agent's disk)"
+                    if path.is_file() and sha256_file(path) == sha
+                    else f"{path} changed since the run was planned (restore it, or start a new run)"
+                )
+                raise UploadCorrupted(
+                    f"upload of {path.name} to {name} failed the agent's sha256 check twice "
+                    f"({describe_rpc_error(exc)}): {cause}; its jobs were not run and stay pending"
+                ) from None
 
     # ------------------------------------------------------------------ one job
 
@@ -230,6 +259,8 @@ class Dispatcher:
         request = build_job(job_id, variant, job.runtime, run.spec.settings, run.spec.dataset_sha256, artifact)
         dispatched = time.time_ns()
         deadline = 0.0
+        shown: tuple[str, int] = ("", -1)  # (phase, queue position) last passed on
+        shown_at = 0.0
         while True:
             try:
                 # Bounded: an agent that accepts a job and then goes silent must not hold this device forever.
@@ -239,6 +270,12 @@ class Dispatcher:
                         self._store_result(job, job_id, event.result, dispatched)
                         return
                     if kind == "progress":
+                        phase = phase_name(event.progress)
+                        now = time.monotonic()
+                        key = (phase, event.progress.queue_position)
+                        if key == shown and now - shown_at < 1.0 / PROGRESS_PER_S:
+                            continue  # coalesced: only the latest progress matters, and a newer one comes
+                        shown, shown_at = key, now
                         self._emit(
                             DispatchEvent(
                                 job.device,
@@ -246,7 +283,7 @@ class Dispatcher:
                                 job_id,
                                 job.variant,
                                 job.runtime,
-                                phase=phase_name(event.progress),
+                                phase=phase,
                                 iterations=event.progress.iterations_done,
                                 queue_position=event.progress.queue_position,
                                 message=event.progress.message[:200],
