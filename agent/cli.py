@@ -26,6 +26,12 @@ class OutputFormat(str, Enum):
     json = "json"
 
 
+class SandboxMode(str, Enum):
+    auto = "auto"
+    required = "required"
+    off = "off"
+
+
 def _fail(message: str, code: int) -> None:
     typer.echo(f"edgebench-agent: error: {message}", err=True)
     raise typer.Exit(code)
@@ -48,8 +54,25 @@ def serve(
     insecure: Annotated[
         bool | None, typer.Option("--insecure", help="Allow a non-loopback address without auth.")
     ] = None,
-    job_memory_mb: Annotated[int | None, typer.Option(help="Default memory limit per job (0 = none).")] = None,
-    job_timeout_s: Annotated[float | None, typer.Option(help="Default wall-time limit per job.")] = None,
+    job_memory_mb: Annotated[
+        int | None, typer.Option(help="Memory limit of a job that sets none (default and 0: 75% of RAM).")
+    ] = None,
+    max_job_memory_mb: Annotated[
+        int | None, typer.Option(help="Ceiling on any job's memory limit (default and 0: 90% of RAM).")
+    ] = None,
+    job_timeout_s: Annotated[
+        float | None, typer.Option(help="Wall-time limit of a job that sets none (default 900).")
+    ] = None,
+    max_job_timeout_s: Annotated[
+        float | None, typer.Option(help="Ceiling on any job's wall-time limit (default 3600).")
+    ] = None,
+    sandbox: Annotated[
+        SandboxMode | None,
+        typer.Option(help="Job sandbox: auto (what the OS allows), required (refuse what it cannot contain), off."),
+    ] = None,
+    cgroup_root: Annotated[
+        Path | None, typer.Option(help="Delegated cgroup v2 folder for job cgroups (default: the agent's own).")
+    ] = None,
     max_artifact_bytes: Annotated[int | None, typer.Option(help="Largest artifact accepted (default 4 GiB).")] = None,
     max_cache_bytes: Annotated[
         int | None, typer.Option(help="Artifact cache cap; LRU eviction (default 20 GiB).")
@@ -60,6 +83,31 @@ def serve(
     prestart: Annotated[
         bool | None,
         typer.Option("--prestart/--no-prestart", help="Keep the next job's process started in advance (default on)."),
+    ] = None,
+    max_workers: Annotated[int | None, typer.Option(help="gRPC worker threads (default 32).")] = None,
+    max_streams_per_client: Annotated[
+        int | None,
+        typer.Option(help="Open RunBenchmark/UploadArtifact streams per client host (default 8)."),
+    ] = None,
+    max_streams_total: Annotated[
+        int | None,
+        typer.Option(help="Open streams in total, below --max-workers - 4 (default: half of --max-workers)."),
+    ] = None,
+    max_health_watchers_per_client: Annotated[
+        int | None, typer.Option(help="Open health Watch streams per client host (default 8).")
+    ] = None,
+    max_health_watchers: Annotated[
+        int | None, typer.Option(help="Open health Watch streams in total (default 64).")
+    ] = None,
+    max_request_bytes: Annotated[
+        int | None, typer.Option(help="Largest request message accepted (default 2 MiB).")
+    ] = None,
+    max_job_bytes: Annotated[int | None, typer.Option(help="Largest job spec accepted (default 64 KiB).")] = None,
+    max_queued_jobs: Annotated[
+        int | None, typer.Option(help="Jobs waiting behind the running one; more are refused (default 64).")
+    ] = None,
+    max_kept_results: Annotated[
+        int | None, typer.Option(help="Finished results kept for fetching by job id (default 1000).")
     ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file of settings (overridden by env and flags).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -87,7 +135,20 @@ def serve(
             cpu_affinity=cpu_affinity,
             prestart_job_process=prestart,
             job_memory_bytes=None if job_memory_mb is None else job_memory_mb * 2**20,
+            max_job_memory_bytes=None if max_job_memory_mb is None else max_job_memory_mb * 2**20,
             job_wall_time_s=job_timeout_s,
+            max_job_wall_time_s=max_job_timeout_s,
+            sandbox=None if sandbox is None else sandbox.value,
+            cgroup_root=cgroup_root,
+            max_workers=max_workers,
+            max_streams_per_client=max_streams_per_client,
+            max_streams_total=max_streams_total,
+            max_health_watchers_per_client=max_health_watchers_per_client,
+            max_health_watchers=max_health_watchers,
+            max_request_bytes=max_request_bytes,
+            max_job_bytes=max_job_bytes,
+            max_queued_jobs=max_queued_jobs,
+            max_kept_results=max_kept_results,
         )
         settings.read_token()
     except (SettingsError, OSError) as exc:
@@ -96,6 +157,13 @@ def serve(
         where = "on loopback only" if settings.is_loopback else f"on {settings.host} WITH --insecure"
         typer.echo(
             f"WARNING: no authentication ({where}): anyone who can reach the port can run code here.",
+            err=True,
+        )
+    if settings.plaintext_token:
+        typer.echo(
+            f"WARNING: PLAINTEXT TOKEN: the token would cross the network unencrypted on {settings.host} (no "
+            "--tls-cert): anyone on the path can read it and run code here. Give --tls-cert/--tls-key, or listen "
+            "on loopback (127.0.0.1 or ::1) behind an encrypted tunnel.",
             err=True,
         )
     if settings.token_file_exposed():
@@ -115,7 +183,7 @@ def serve(
     auth = "mTLS" if settings.tls_client_ca else ("token" if settings.token_file else "none")
     # The first stdout line is machine-readable: tools wait for it to learn the port.
     print(
-        f"edgebench-agent listening on {settings.host}:{running.port} ({scheme}, auth: {auth}, "
+        f"edgebench-agent listening on {settings.address(running.port)} ({scheme}, auth: {auth}, "
         f"workdir: {settings.workdir})",
         flush=True,
     )

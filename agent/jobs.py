@@ -3,13 +3,21 @@
 Idempotency: a job id that is queued, running or finished is never run again; submitting it again (for
 example by a coordinator whose stream broke) re-attaches to it, and a finished job's result is replayed.
 The same id with different contents is a conflict. Results survive an agent restart (files in the work
-directory), bounded to `max_kept` newest.
+directory), bounded to `max_kept` newest. At most `max_queued` jobs wait behind the running one.
+
+Faults: nothing stops the worker thread. A result that cannot be written to disk (disk full, I/O error,
+read-only filesystem) is still published and kept in memory, says so in its diagnostics, and is reported
+through `on_disk_error` so the agent can turn its health NOT_SERVING until the disk recovers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
 import hashlib
 import json
+import logging
 import os
 import queue
 import threading
@@ -22,11 +30,17 @@ from agent.jobspec import decode, to_jsonable
 from agent.runner import JobFiles
 from agent.types import BenchmarkJob, BenchmarkResult, BenchmarkStatus, JobEvent, JobPhase, JobState
 
+log = logging.getLogger(__name__)
+
 RunFn = Callable[[BenchmarkJob, JobFiles, Callable[[JobPhase, int, str], None], threading.Event], BenchmarkResult]
 
 
 class JobConflict(Exception):
     """The job id is known with different contents."""
+
+
+class QueueFull(Exception):
+    """`max_queued` jobs already wait; the message names the limit and its flag."""
 
 
 def fingerprint(job: BenchmarkJob) -> str:
@@ -43,33 +57,51 @@ class _Record:
     last_progress: JobEvent | None = None
     result: BenchmarkResult | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
-    subscribers: list[queue.Queue[JobEvent]] = field(default_factory=list)
+    #: None in a subscriber queue is a wake-up (its stream ended), not an event.
+    subscribers: list[queue.Queue[JobEvent | None]] = field(default_factory=list)
 
 
 class Subscription:
     """The events of one job for one stream; iterate with a timeout so the caller can notice a dead client."""
 
-    def __init__(self, manager: JobManager, job_id: str, q: queue.Queue[JobEvent]) -> None:
+    def __init__(self, manager: JobManager, job_id: str, q: queue.Queue[JobEvent | None]) -> None:
         self._manager = manager
         self.job_id = job_id
         self._q = q
 
     def next(self, timeout: float) -> JobEvent | None:
+        """The next event, or None after `timeout` or a `wake()`."""
         try:
             return self._q.get(timeout=timeout)
         except queue.Empty:
             return None
+
+    def wake(self) -> None:
+        """Make a waiting `next` return None now (e.g. when the stream's client went away)."""
+        self._q.put(None)
 
     def close(self) -> None:
         self._manager._unsubscribe(self.job_id, self._q)
 
 
 class JobManager:
-    def __init__(self, results_dir: Path, run: RunFn, *, max_kept: int = 1000) -> None:
+    def __init__(
+        self,
+        results_dir: Path,
+        run: RunFn,
+        *,
+        max_kept: int = 1000,
+        max_queued: int = 64,
+        on_disk_error: Callable[[OSError], None] = lambda exc: None,
+    ) -> None:
+        """`on_disk_error` is called (with the lock held: it must be quick and must not call back) whenever
+        writing or deleting a result file fails, or the runner raises an OSError."""
         self._dir = results_dir
         self._dir.mkdir(parents=True, exist_ok=True)
         self._run = run
         self._max_kept = max_kept
+        self._max_queued = max_queued
+        self._on_disk_error = on_disk_error
         self._lock = threading.Condition()
         self._records: OrderedDict[str, _Record] = OrderedDict()
         self._queue: deque[str] = deque()
@@ -82,9 +114,12 @@ class JobManager:
     # ------------------------------------------------------------------ public
 
     def submit(self, job: BenchmarkJob, files: JobFiles, release: Callable[[], None] = lambda: None) -> Subscription:
-        """Queue `job` (or re-attach to it if its id is known). `release` is called once it is finished."""
+        """Queue `job` (or re-attach to it if its id is known). `release` is called once it is finished, or at
+        once if the job is not queued (re-attached, conflict, queue full, shutting down).
+
+        Raises JobConflict, QueueFull, or RuntimeError when shutting down."""
         fp = fingerprint(job)
-        q: queue.Queue[JobEvent] = queue.Queue()
+        q: queue.Queue[JobEvent | None] = queue.Queue()
         with self._lock:
             rec = self._lookup(job.job_id)
             if rec is not None:
@@ -104,6 +139,12 @@ class JobManager:
             if self._stopping:
                 release()
                 raise RuntimeError("agent is shutting down")
+            if len(self._queue) >= self._max_queued:
+                release()
+                raise QueueFull(
+                    f"queue full: {len(self._queue)} jobs already wait on this agent, the limit is "
+                    f"{self._max_queued} (--max-queued-jobs); retry once some have finished, or raise the limit"
+                )
             rec = _Record(job, fp, files, JobState.QUEUED, release=release, subscribers=[q])
             self._records[job.job_id] = rec
             self._queue.append(job.job_id)
@@ -191,7 +232,7 @@ class JobManager:
         for q in rec.subscribers:
             q.put(event)
 
-    def _unsubscribe(self, job_id: str, q: queue.Queue[JobEvent]) -> None:
+    def _unsubscribe(self, job_id: str, q: queue.Queue[JobEvent | None]) -> None:
         with self._lock:
             rec = self._records.get(job_id)
             if rec is not None and q in rec.subscribers:
@@ -210,62 +251,85 @@ class JobManager:
                 self._running = job_id
                 self._broadcast_positions()
                 self._publish(rec, JobEvent(job_id, phase=JobPhase.STARTING))
-
-            def progress(phase: JobPhase, iterations: int, message: str, rec: _Record = rec) -> None:
-                with self._lock:
-                    self._publish(
-                        rec,
-                        JobEvent(rec.job.job_id, phase=phase, iterations_done=iterations, message=message),
-                    )
-
-            assert rec.files is not None
-            try:
-                result = self._run(rec.job, rec.files, progress, rec.cancel)
-            except Exception as exc:  # a bug in the runner must not kill the queue
-                result = BenchmarkResult(
-                    job_id=job_id,
-                    status=BenchmarkStatus.FAILED,
-                    message=f"agent error while running the job: {type(exc).__name__}: {exc}",
-                )
+            result = self._run_one(rec)
             with self._lock:
                 self._running = None
-                self._finish(rec, result)
+                try:
+                    self._finish(rec, result)
+                except Exception:  # nothing may stop the queue; _finish already published what it could
+                    log.exception("agent error while finishing job %s", job_id)
+
+    def _run_one(self, rec: _Record) -> BenchmarkResult:
+        def progress(phase: JobPhase, iterations: int, message: str) -> None:
+            with self._lock:
+                self._publish(rec, JobEvent(rec.job.job_id, phase=phase, iterations_done=iterations, message=message))
+
+        try:
+            if rec.files is None:
+                raise RuntimeError("job has no files")
+            return self._run(rec.job, rec.files, progress, rec.cancel)
+        except Exception as exc:  # a bug in the runner, or a disk fault, must not kill the queue
+            if isinstance(exc, OSError):
+                with self._lock:
+                    self._on_disk_error(exc)
+            return BenchmarkResult(
+                job_id=rec.job.job_id,
+                status=BenchmarkStatus.FAILED,
+                message=f"agent error while running the job: {type(exc).__name__}: {exc}",
+            )
 
     def _finish(self, rec: _Record, result: BenchmarkResult) -> None:
-        """Record the final result (memory and disk), tell every subscriber, release artifacts. Holds lock."""
+        """Record the final result (memory and disk), tell every subscriber, release artifacts. Holds lock.
+
+        The subscribers hear the result even when it cannot be written to disk: then it is kept in memory
+        only, and its diagnostics say so first."""
+        try:
+            self._persist(rec.job, rec.fingerprint, result)
+        except OSError as exc:
+            self._on_disk_error(exc)
+            result = dataclasses.replace(result, diagnostics=_unsaved_note(exc) + result.diagnostics)
         rec.result = result
         rec.state = JobState.FINISHED
         rec.files = None
-        self._persist(rec)
         self._publish(rec, JobEvent(rec.job.job_id, phase=JobPhase.FINISHED))
         self._publish(rec, JobEvent(rec.job.job_id, result=result))
         rec.subscribers.clear()
-        rec.release()
-        self._trim()
+        try:
+            rec.release()
+        finally:
+            self._trim()
 
     def _result_path(self, job_id: str) -> Path:
         return self._dir / f"{hashlib.sha256(job_id.encode()).hexdigest()[:32]}.json"
 
-    def _persist(self, rec: _Record) -> None:
-        path = self._result_path(rec.job.job_id)
+    def _persist(self, job: BenchmarkJob, fp: str, result: BenchmarkResult) -> None:
+        path = self._result_path(job.job_id)
         tmp = path.with_suffix(".tmp")
-        data = {
-            "fingerprint": rec.fingerprint,
-            "job": to_jsonable(rec.job),
-            "result": to_jsonable(rec.result),
-        }
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
+        data = {"fingerprint": fp, "job": to_jsonable(job), "result": to_jsonable(result)}
+        try:
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, path)
+        except OSError:
+            # A partial file on a full disk is worth nothing and holds the space the next result needs.
+            for stale in (tmp, path):
+                with contextlib.suppress(OSError):
+                    stale.unlink(missing_ok=True)
+            raise
 
     def _lookup(self, job_id: str) -> _Record | None:
         rec = self._records.get(job_id)
         if rec is not None:
             return rec
         path = self._result_path(job_id)
-        if not path.exists():
+        try:
+            if not path.exists():
+                return None
+            text = path.read_text()
+        except OSError as exc:  # an unreadable disk: the job is unknown rather than the call failing
+            self._on_disk_error(exc)
             return None
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(text)
             rec = _Record(
                 decode(BenchmarkJob, data["job"]),
                 data["fingerprint"],
@@ -285,7 +349,10 @@ class JobManager:
         finished = [k for k, r in self._records.items() if r.state == JobState.FINISHED]
         for job_id in finished[: max(0, len(finished) - self._max_kept)]:
             del self._records[job_id]
-            self._result_path(job_id).unlink(missing_ok=True)
+            try:
+                self._result_path(job_id).unlink(missing_ok=True)
+            except OSError as exc:
+                self._on_disk_error(exc)
 
     def _trim_disk(self) -> None:
         """At start-up only: files left by earlier runs, beyond the bound, oldest first."""
@@ -294,8 +361,20 @@ class JobManager:
             path.unlink(missing_ok=True)
 
 
+def _unsaved_note(exc: OSError) -> str:
+    why = errno.errorcode.get(exc.errno or 0, "")
+    return (
+        f"agent: this result could not be saved on the agent's disk ({why + ': ' if why else ''}"
+        f"{exc.strerror or exc}); it is kept in memory only and is lost if the agent restarts. "
+        "Free space on (or repair) the agent's work directory.\n"
+    )
+
+
 def iterate(sub: Subscription, alive: Callable[[], bool], poll_s: float = 0.5) -> Iterator[JobEvent]:
-    """Yield a subscription's events until the result, or until `alive()` turns false (client gone)."""
+    """Yield a subscription's events until the result, or until `alive()` turns false (client gone).
+
+    `alive` is checked every `poll_s` and after every `Subscription.wake()`, so a stream whose client
+    went away ends within `poll_s` at most, at once when its end wakes the subscription."""
     try:
         while alive():
             event = sub.next(poll_s)

@@ -1,4 +1,8 @@
-"""Builds and runs the agent's gRPC server: auth, TLS, health, optional reflection, graceful shutdown."""
+"""Builds and runs the agent's gRPC server: auth, TLS, bounds, health, optional reflection, graceful shutdown.
+
+Health is SERVING while the agent can work and NOT_SERVING while its work directory cannot be written
+(disk full, read-only, I/O errors; see agent/diskwatch.py), and for good once shutdown begins.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import agent
 from agent.artifacts import ArtifactStore
+from agent.bounds import Limit, LimitInterceptor
 from agent.device import collect_device_info, load_or_create_device_id
+from agent.diskwatch import DiskWatch
 from agent.jobs import JobManager
 from agent.jobspec import decode
 from agent.runner import JobRunner, RunnerConfig
@@ -35,8 +41,9 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AgentService"].full_name
 #: Methods anyone may call: liveness only.
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/",)
-#: Results carry raw samples (up to ~9 MB at the 1M-sample cap); chunks are at most 1 MiB.
-MAX_MESSAGE_BYTES = 64 * 2**20
+#: What the agent sends: results carry raw samples (up to ~9 MB at the 1M-sample cap). What it receives is
+#: bounded by the max_request_bytes setting instead (upload chunks are at most 1 MiB).
+MAX_SEND_MESSAGE_BYTES = 64 * 2**20
 PROBE_TIMEOUT_S = 60.0
 
 
@@ -106,12 +113,39 @@ class RunningAgent:
     jobs: JobManager
     health: health.HealthServicer
     runner: JobRunner
+    disk: DiskWatch
 
     def stop(self, grace: float = 5.0) -> None:
         self.health.enter_graceful_shutdown()
+        self.disk.close()
         self.jobs.shutdown()
         self.runner.close()
         self.server.stop(grace).wait()
+
+
+def _set_health(servicer: health.HealthServicer, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", SERVICE_NAME):
+        servicer.set(name, status)
+
+
+def _limits(settings: AgentSettings) -> LimitInterceptor:
+    return LimitInterceptor(
+        streams=Limit(
+            "RunBenchmark/UploadArtifact streams",
+            settings.max_streams_per_client,
+            settings.max_streams_total,
+            "--max-streams-per-client",
+            "--max-streams-total",
+        ),
+        watchers=Limit(
+            "health Watch streams",
+            settings.max_health_watchers_per_client,
+            settings.max_health_watchers,
+            "--max-health-watchers-per-client",
+            "--max-health-watchers",
+        ),
+    )
 
 
 def build(settings: AgentSettings) -> RunningAgent:
@@ -133,27 +167,46 @@ def build(settings: AgentSettings) -> RunningAgent:
             default_memory_bytes=settings.job_memory_bytes,
             cpu_affinity=parse_cpu_list(settings.cpu_affinity) if settings.cpu_affinity else (),
             prestart=settings.prestart_job_process,
+            max_wall_time_ns=int(settings.max_job_wall_time_s * 1e9),
+            max_memory_bytes=settings.max_job_memory_bytes,
+            sandbox=settings.sandbox,
+            cgroup_root=settings.cgroup_root,
+            secret_paths=settings.secret_paths,
         ),
     )
-    jobs = JobManager(workdir / "results", runner.run, max_kept=settings.max_kept_results)
+    health_servicer = health.HealthServicer()
+    (workdir / "results").mkdir(exist_ok=True)
+    disk = DiskWatch(
+        (workdir / "results", workdir / "jobs", workdir / "artifacts"),
+        lambda problem: _set_health(health_servicer, problem is None),
+    )
+    jobs = JobManager(
+        workdir / "results",
+        runner.run,
+        max_kept=settings.max_kept_results,
+        max_queued=settings.max_queued_jobs,
+        on_disk_error=disk.note_failure,
+    )
     probe = RuntimeProbe()
 
     def device_info() -> DeviceInfo:
         return collect_device_info(workdir, probe.get(), agent.__version__)
 
     token = settings.read_token()
-    interceptors = [TokenInterceptor(token)] if token else []
+    # Authentication first: a call without the token never takes a stream slot.
+    interceptors: list[grpc.ServerInterceptor] = [TokenInterceptor(token)] if token else []
+    interceptors.append(_limits(settings))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="edgebench-rpc"),
         interceptors=interceptors,
         options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_AgentServiceServicer_to_server(AgentServicer(store, jobs, device_info), server)
-    health_servicer = health.HealthServicer()
+    servicer = AgentServicer(store, jobs, device_info, max_job_bytes=settings.max_job_bytes)
+    pb_grpc.add_AgentServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
         from grpc_reflection.v1alpha import reflection
@@ -166,7 +219,7 @@ def build(settings: AgentSettings) -> RunningAgent:
             ),
             server,
         )
-    address = f"{settings.host}:{settings.port}"
+    address = settings.address()
     try:
         if settings.tls_cert and settings.tls_key:
             client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
@@ -181,6 +234,7 @@ def build(settings: AgentSettings) -> RunningAgent:
     except RuntimeError:  # grpcio raises on bind failure (older versions return 0)
         port = 0
     if port == 0:
+        disk.close()
         jobs.shutdown()
         runner.close()
         raise OSError(
@@ -188,6 +242,5 @@ def build(settings: AgentSettings) -> RunningAgent:
             "pick another --port (0 = any free port) or --host"
         )
     server.start()
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningAgent(server, port, jobs, health_servicer, runner)
+    _set_health(health_servicer, disk.problem is None)
+    return RunningAgent(server, port, jobs, health_servicer, runner, disk)

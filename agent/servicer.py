@@ -24,7 +24,8 @@ from agent.artifacts import (
     UploadConflict,
     UploadInProgress,
 )
-from agent.jobs import JobConflict, JobManager, iterate
+from agent.bounds import job_shape_problems, job_size_problem
+from agent.jobs import JobConflict, JobManager, QueueFull, iterate
 from agent.runner import JobFiles
 from agent.types import BenchmarkJob, DeviceInfo, JobState
 from agent.validate import validate_job
@@ -54,10 +55,18 @@ def _abort(context: grpc.ServicerContext, exc: ArtifactError) -> NoReturn:
 
 
 class AgentServicer(pb_grpc.AgentServiceServicer):
-    def __init__(self, store: ArtifactStore, jobs: JobManager, device_info: Callable[[], DeviceInfo]) -> None:
+    def __init__(
+        self,
+        store: ArtifactStore,
+        jobs: JobManager,
+        device_info: Callable[[], DeviceInfo],
+        *,
+        max_job_bytes: int = 64 * 2**10,
+    ) -> None:
         self._store = store
         self._jobs = jobs
         self._device_info = device_info
+        self._max_job_bytes = max_job_bytes
 
     def GetDeviceInfo(
         self, request: pb.GetDeviceInfoRequest, context: grpc.ServicerContext
@@ -114,6 +123,12 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
     def RunBenchmark(
         self, request: pb.RunBenchmarkRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.RunBenchmarkResponse]:
+        too_big = job_size_problem(request.job, self._max_job_bytes)
+        if too_big:
+            _fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED, too_big)
+        shape = job_shape_problems(request.job)
+        if shape:
+            _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed job: " + "; ".join(shape))
         try:
             job = wire.job_from_pb(request.job)
         except wire.WireError as exc:
@@ -130,9 +145,14 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             sub = self._jobs.submit(job, files, release=lambda: self._store.unpin(digests))
         except JobConflict as exc:
             _fail(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        except QueueFull as exc:
+            _fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except RuntimeError as exc:
             _fail(context, grpc.StatusCode.UNAVAILABLE, str(exc))
-        # A client that goes away does not cancel the job: it can re-attach or fetch the result later.
+        # A client that goes away does not cancel the job: it can re-attach or fetch the result later. Its
+        # stream ends at once (the RPC's end wakes the subscription), which frees this worker thread.
+        if not context.add_callback(sub.wake):
+            sub.wake()
         for event in iterate(sub, context.is_active):
             yield wire.event_to_pb(event)
 

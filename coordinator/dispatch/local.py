@@ -1,7 +1,8 @@
 """Start edgebench agents as local child processes on loopback (demo, tests, benchmarks).
 
-Each agent is a real `edgebench-agent serve` process on 127.0.0.1 with a free port, its own work
-directory and a fresh token; `start` returns once the agent prints its address.
+Each agent is a real `edgebench-agent serve` process on loopback (127.0.0.1 unless told ::1) with a free
+port, its own work directory and a fresh token; `start` returns once the agent prints its address
+(IPv6 addresses in brackets, as gRPC dials them: "[::1]:50551").
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ def start_agent(
     env: dict[str, str] | None = None,
     timeout_s: float = 30.0,
     python: str = sys.executable,
+    host: str = "127.0.0.1",
 ) -> LocalAgent:
-    """Start one agent on 127.0.0.1:0 with a token file in `workdir`; raise RuntimeError if it fails to start."""
+    """Start one agent on `host`:0 with a token file in `workdir`; raise RuntimeError if it fails to start."""
     workdir.mkdir(parents=True, exist_ok=True)
     token = token or secrets.token_urlsafe(32)
     token_file = workdir / "token"
@@ -71,7 +73,7 @@ def start_agent(
         "agent.cli",
         "serve",
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         "0",
         "--workdir",
