@@ -4,12 +4,18 @@ An ONNX initializer may point at bytes in another file (`external_data` location
 name `../../etc/shadow` or an absolute path; recent ONNX Runtime refuses those, older builds on devices
 may not. This parses just the fields involved, with a subset of the ONNX schema built at run time (same
 field numbers as onnx.proto; protobuf skips every other field), so the agent needs no `onnx` package.
+
+Every tensor is looked at (main graph, subgraphs at any depth, training graphs, model functions and
+their attribute defaults), and every `location` entry of each: runtimes take the last entry, so a tensor
+with more than one is refused outright (never legitimate), as is a tensor marked external with none. It
+fails closed: a file that mentions external data but does not parse is refused, never waved through.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -56,11 +62,25 @@ _SCHEMA = [
             ("sparse_initializer", 15, _TYPE_MESSAGE, _REPEATED, "SparseTensorProto"),
         ],
     ),
-    ("FunctionProto", [("node", 7, _TYPE_MESSAGE, _REPEATED, "NodeProto")]),
+    (
+        "FunctionProto",
+        [
+            ("node", 7, _TYPE_MESSAGE, _REPEATED, "NodeProto"),
+            ("attribute_proto", 11, _TYPE_MESSAGE, _REPEATED, "AttributeProto"),
+        ],
+    ),
+    (
+        "TrainingInfoProto",
+        [
+            ("initialization", 1, _TYPE_MESSAGE, _OPTIONAL, "GraphProto"),
+            ("algorithm", 2, _TYPE_MESSAGE, _OPTIONAL, "GraphProto"),
+        ],
+    ),
     (
         "ModelProto",
         [
             ("graph", 7, _TYPE_MESSAGE, _OPTIONAL, "GraphProto"),
+            ("training_info", 20, _TYPE_MESSAGE, _REPEATED, "TrainingInfoProto"),
             ("functions", 25, _TYPE_MESSAGE, _REPEATED, "FunctionProto"),
         ],
     ),
@@ -84,40 +104,68 @@ def _model_class() -> Any:
     return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.ModelProto"))
 
 
-def _tensors(graph: Any) -> list[Any]:
-    found = list(graph.initializer)
-    found += [t for s in graph.sparse_initializer for t in (s.values, s.indices)]
-    for node in graph.node:
-        found += _node_tensors(node)
-    return found
-
-
-def _node_tensors(node: Any) -> list[Any]:
-    found: list[Any] = []
-    for attr in node.attribute:
-        found += [attr.t, *attr.tensors]
-        found += [t for s in (attr.sparse_tensor, *attr.sparse_tensors) for t in (s.values, s.indices)]
-        for sub in (attr.g, *attr.graphs):
-            found += _tensors(sub)
-    return found
+def _all_tensors(model: Any) -> Iterator[Any]:
+    """Every TensorProto in the model: initializers and attribute tensors (sparse ones too) of the main graph,
+    of training graphs, of every subgraph at any depth, of model functions' nodes and their attribute
+    defaults. Iterative, so a deeply nested model cannot exhaust Python's stack."""
+    graphs = [model.graph] + [g for info in model.training_info for g in (info.initialization, info.algorithm)]
+    attributes: list[Any] = [a for f in model.functions for a in f.attribute_proto]
+    attributes += [a for f in model.functions for n in f.node for a in n.attribute]
+    while graphs or attributes:
+        if graphs:
+            graph = graphs.pop()
+            yield from graph.initializer
+            for sparse in graph.sparse_initializer:
+                yield from (sparse.values, sparse.indices)
+            attributes += [a for n in graph.node for a in n.attribute]
+            continue
+        attr = attributes.pop()
+        yield from (attr.t, *attr.tensors)
+        for sparse in (attr.sparse_tensor, *attr.sparse_tensors):
+            yield from (sparse.values, sparse.indices)
+        graphs += [attr.g, *attr.graphs]
 
 
 def external_locations(model_bytes: bytes) -> list[tuple[str, str]]:
-    """(tensor name, location) of every tensor stored outside the file, in subgraphs and functions too."""
+    """(tensor name, location) of every tensor stored outside the file (see `_all_tensors`). A tensor marked
+    external without a location gives ''. Raises ModelLoadError for a tensor with several location entries
+    (runtimes read the last one; a check that read another would be blind), and the protobuf library's
+    errors for a file that does not parse."""
     model = _model_class().FromString(model_bytes)
-    tensors = _tensors(model.graph) + [t for f in model.functions for n in f.node for t in _node_tensors(n)]
     out = []
-    for t in tensors:
+    for t in _all_tensors(model):
+        locations = [e.value for e in t.external_data if e.key == "location"]
+        if len(locations) > 1:
+            raise ModelLoadError(
+                f"tensor {t.name[:200]!r} has {len(locations)} external-data location entries "
+                f"({', '.join(repr(loc[:100]) for loc in locations[:4])}); a tensor has at most one. Refused "
+                "before any runtime opened the model; save it again with onnx.save(..., save_as_external_data=True)"
+            )
         if t.data_location == _EXTERNAL or len(t.external_data):
-            location = next((e.value for e in t.external_data if e.key == "location"), "")
-            out.append((t.name, location))
+            out.append((t.name, locations[0] if locations else ""))
     return out
 
 
+def _bad_location(folder: Path, location: str) -> bool:
+    if (
+        not location
+        or "\0" in location
+        or PurePosixPath(location).is_absolute()
+        or PureWindowsPath(location).is_absolute()
+        or ".." in PurePosixPath(location.replace("\\", "/")).parts
+    ):
+        return True
+    resolved = (folder / location).resolve()
+    return os.path.commonpath([folder, resolved]) != str(folder)
+
+
 def check_external_data(model_path: Path) -> None:
-    """Raise ModelLoadError if any external-data location could read outside the model's folder."""
-    # Every external reference carries the key "location"; a file without those bytes has none, and
-    # scanning a memory map for them costs far less than parsing (which would hold a copy of the weights).
+    """Raise ModelLoadError if any external-data location could read outside the model's folder, if a tensor
+    is external without a location or with several, or if a model that mentions external data does not
+    parse as ONNX (fail closed: what this check cannot read, no runtime is given)."""
+    # Every external reference carries the key "location", which protobuf stores verbatim (a string in a
+    # length-delimited field, never split or encoded), so a file without those bytes references no external
+    # data; scanning a memory map for them costs far less than parsing (which would hold a copy of the weights).
     with model_path.open("rb") as f:
         try:
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
@@ -127,23 +175,24 @@ def check_external_data(model_path: Path) -> None:
             return
     try:
         locations = external_locations(model_path.read_bytes())
-    except Exception as exc:  # DecodeError and friends: let the runtime give its own, more precise error
-        del exc
-        return
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # DecodeError, RecursionError, UnicodeDecodeError, ...
+        raise ModelLoadError(
+            f"the model file is not a valid ONNX protobuf ({type(exc).__name__}: {str(exc)[:200]}), and it "
+            "mentions external data, so it was refused before any runtime opened it. Save the model again with "
+            "onnx.save (check it with onnx.checker.check_model) and send its external data as companion files"
+        ) from None
     folder = model_path.parent.resolve()
     for tensor, location in locations:
-        bad = (
-            not location
-            or PurePosixPath(location).is_absolute()
-            or PureWindowsPath(location).is_absolute()
-            or ".." in PurePosixPath(location.replace("\\", "/")).parts
-        )
-        if not bad:
-            resolved = (folder / location).resolve()
-            bad = os.path.commonpath([folder, resolved]) != str(folder)
-        if bad:
+        if not location:
             raise ModelLoadError(
-                f"initializer {tensor!r} points at external data {location[:200]!r}, outside the model's own "
+                f"tensor {tensor[:200]!r} is marked as external data but names no location; refused before any "
+                "runtime opened it. Save the model again with onnx.save(..., save_as_external_data=True)"
+            )
+        if _bad_location(folder, location):
+            raise ModelLoadError(
+                f"tensor {tensor[:200]!r} points at external data {location[:200]!r}, outside the model's own "
                 "folder; refused before any runtime opened it. Send external data as companion files with "
                 "plain names"
             )

@@ -87,7 +87,104 @@ def test_subgraphs_are_searched(tmp_path: Path) -> None:
         check_external_data(path)
 
 
-def test_garbage_is_left_to_the_runtime(tmp_path: Path) -> None:
+def test_garbage_without_external_data_is_left_to_the_runtime(tmp_path: Path) -> None:
+    """No "location" bytes: no external reference is possible, so the fast path gives no verdict and the
+    runtime reports its own parse error."""
     path = tmp_path / "garbage.onnx"
     path.write_bytes(b"\xff\xfe not protobuf")
-    check_external_data(path)  # no verdict: the runtime reports its own parse error
+    check_external_data(path)
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated"])
+def test_unparseable_file_that_mentions_external_data_is_refused(tmp_path: Path, kind: str) -> None:
+    """F11: the check used to return (fail open) when it could not parse the file, leaving the decision to
+    whatever the runtime would make of it. Now it refuses what it cannot read."""
+    path = tmp_path / "model.onnx"
+    if kind == "garbage":
+        path.write_bytes(b"\xff\xfe not protobuf, but it says location=../../token")
+    else:
+        whole = _save(tmp_path, _graph([_external("w", "weights.bin")])).read_bytes()
+        path.write_bytes(whole[: whole.index(b"weights.bin") + 3])  # cut inside the location string
+    with pytest.raises(ModelLoadError, match="the model file is not a valid ONNX protobuf") as err:
+        check_external_data(path)
+    assert "onnx.checker.check_model" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "locations",
+    [["weights.bin", "../../token"], ["../../token", "weights.bin"], ["weights.bin", "weights.bin"]],
+    ids=["benign-then-escaping", "escaping-then-benign", "both-benign"],
+)
+def test_a_tensor_with_several_location_entries_is_refused(tmp_path: Path, locations: list[str]) -> None:
+    """F11: runtimes read the last `location` entry and the check read only the first, so a benign first
+    entry hid an escaping last one. More than one entry is never legitimate: refused whatever they say."""
+    tensor = _external("w", locations[0])
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", locations[1]
+    path = _save(tmp_path, _graph([tensor]))
+    with pytest.raises(ModelLoadError, match="tensor 'w' has 2 external-data location entries"):
+        check_external_data(path)
+
+
+def test_an_external_tensor_without_location_is_refused(tmp_path: Path) -> None:
+    tensor = _external("w", "weights.bin")
+    del tensor.external_data[0]  # offset and length stay; the file still mentions "location" elsewhere
+    graph = _graph([tensor, _external("v", "v.bin")])
+    path = _save(tmp_path, graph)
+    with pytest.raises(ModelLoadError, match="tensor 'w' is marked as external data but names no location"):
+        check_external_data(path)
+
+
+def _function_model(tmp_path: Path, *, default: TensorProto | None = None, nested: TensorProto | None = None) -> Path:
+    """A model whose only external tensor sits in a model-level function: as an attribute default, or as an
+    initializer of an If branch inside the function's body."""
+    nodes = []
+    if nested is not None:
+        branch = helper.make_graph(
+            [helper.make_node("Identity", [nested.name], ["out"])],
+            "branch",
+            [],
+            [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4, 4])],
+            [nested],
+        )
+        nodes.append(helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch))
+    else:
+        nodes.append(helper.make_node("Identity", ["c"], ["y"]))
+    function = helper.make_function("custom", "F", ["c"], ["y"], nodes, [helper.make_opsetid("", 17)])
+    if default is not None:
+        function.attribute_proto.append(helper.make_attribute("w", default))
+    graph = helper.make_graph(
+        [helper.make_node("F", ["c"], ["y"], domain="custom")],
+        "g",
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])],
+    )
+    model = helper.make_model(
+        graph, functions=[function], opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)]
+    )
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("where", ["attribute default", "subgraph in a function"])
+def test_functions_are_searched(tmp_path: Path, where: str) -> None:
+    evil = _external("fw", "../../token")
+    path = _function_model(tmp_path, **({"default": evil} if where == "attribute default" else {"nested": evil}))
+    assert set(external_locations(path.read_bytes())) == {("fw", "../../token")}
+    with pytest.raises(ModelLoadError, match="'fw' points at external data"):
+        check_external_data(path)
+
+
+def test_training_graphs_and_sparse_initializers_are_searched(tmp_path: Path) -> None:
+    model = helper.make_model(_graph([_external("w", "weights.bin")]), opset_imports=[helper.make_opsetid("", 17)])
+    info = model.training_info.add()
+    info.initialization.CopyFrom(helper.make_graph([], "init", [], [], [_external("t", "../t.bin")]))
+    sparse = helper.make_sparse_tensor(_external("sv", "../sv.bin"), numpy_helper.from_array(np.array([0])), [4])
+    model.graph.sparse_initializer.append(sparse)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    found = dict(external_locations(path.read_bytes()))
+    assert found == {"w": "weights.bin", "t": "../t.bin", "sv": "../sv.bin"}
+    with pytest.raises(ModelLoadError, match="refused before any runtime opened it"):
+        check_external_data(path)
