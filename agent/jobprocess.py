@@ -22,6 +22,42 @@ from pathlib import Path
 import agent
 
 _counter = itertools.count()
+#: Pids of every job process this agent started (the subreaper tells them from processes a job orphaned).
+STARTED: set[int] = set()
+#: The only variables a job process inherits from the agent (the agent's own environment may hold secrets
+#: or settings a job must not see). Library paths and GPU selection stay: runtimes need them on devices.
+ENV_ALLOWED = (
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "LD_LIBRARY_PATH",
+    "CUDA_VISIBLE_DEVICES",
+    "CUDA_HOME",
+    "NVIDIA_VISIBLE_DEVICES",
+    "VIRTUAL_ENV",
+)
+
+
+def job_environment(parent: dict[str, str], folder: Path) -> dict[str, str]:
+    """The minimal environment of a job process: the allowed variables, the agent's import path, and a HOME
+    and TMPDIR inside the jobs folder (a job never writes to the agent user's home or a shared /tmp)."""
+    env = {k: v for k, v in parent.items() if k in ENV_ALLOWED}
+    env.setdefault("PATH", os.defpath)
+    # Make `agent` importable in the child even when run from a source tree.
+    root = str(Path(agent.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root
+    env.update(
+        {
+            "HOME": str(folder),
+            "TMPDIR": str(folder),
+            "PYTHONNOUSERSITE": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "OPENVINO_TELEMETRY": "0",
+        }
+    )
+    return env
 
 
 @dataclass
@@ -43,22 +79,21 @@ class JobProcess:
     def discard(self) -> None:
         self.kill()
         self.proc.wait()
+        STARTED.discard(self.proc.pid)
         with contextlib.suppress(OSError):
             os.close(self.event_fd)
         self.log_path.unlink(missing_ok=True)
 
 
-def spawn(folder: Path, python: str = sys.executable) -> JobProcess:
-    env = dict(os.environ)
-    # Make `agent` importable in the child even when run from a source tree.
-    root = str(Path(agent.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+def spawn(folder: Path, python: str = sys.executable, sandbox: frozenset[str] = frozenset()) -> JobProcess:
+    """Start a job process in `folder` that applies the `sandbox` steps (agent.sandbox.jobside) to itself."""
+    env = job_environment(dict(os.environ), folder)
     read_fd, write_fd = os.pipe()
     log_path = folder / f"process-{os.getpid()}-{next(_counter)}.log"
     try:
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [python, "-m", "agent.child", "--event-fd", str(write_fd)],
+                [python, "-m", "agent.child", "--event-fd", str(write_fd), "--sandbox", ",".join(sorted(sandbox))],
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -73,16 +108,25 @@ def spawn(folder: Path, python: str = sys.executable) -> JobProcess:
         raise
     finally:
         os.close(write_fd)
+    STARTED.add(proc.pid)
     return JobProcess(proc, read_fd, log_path)
 
 
 class JobProcessPool:
     """Hands out fresh job processes; with `prestart`, one is always started ahead of need."""
 
-    def __init__(self, folder: Path, *, prestart: bool = True, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        prestart: bool = True,
+        python: str = sys.executable,
+        sandbox: frozenset[str] = frozenset(),
+    ) -> None:
         self._folder = folder
         self._prestart = prestart
         self._python = python
+        self._sandbox = sandbox
         self._lock = threading.Lock()
         self._spare: JobProcess | None = None
         self._closed = False
@@ -95,7 +139,7 @@ class JobProcessPool:
             return spare
         if spare is not None:
             spare.discard()  # died while waiting (e.g. killed from outside): never hand out a dead one
-        return spawn(self._folder, self._python)
+        return spawn(self._folder, self._python, self._sandbox)
 
     def refill(self) -> None:
         """Start the next spare (call when no job is measuring)."""
@@ -104,7 +148,7 @@ class JobProcessPool:
         with self._lock:
             if self._closed or self._spare is not None:
                 return
-            self._spare = spawn(self._folder, self._python)
+            self._spare = spawn(self._folder, self._python, self._sandbox)
 
     def close(self) -> None:
         with self._lock:

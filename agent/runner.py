@@ -1,10 +1,12 @@
-"""Runs one job in a fresh child process and turns whatever happens to it into a BenchmarkResult.
+"""Runs one job in a fresh, sandboxed child process and turns whatever happens to it into a BenchmarkResult.
 
-The child is started by exec (`python -m agent.child`) in its own process group, never forked from the
-gRPC server. The parent enforces the job's wall-time and memory limits (RSS watched every
-WATCH_INTERVAL_S from the kernel's counters: overshoot is bounded by what the job allocates in that
-time) and cancellation, by killing the whole process group. A crash, hang or OOM is a result, not an
-exception: the agent keeps serving.
+The child is started by exec (`python -m agent.child`), never forked from the gRPC server, and contains
+itself (agent/sandbox: namespaces, hidden agent files, read-only filesystem, no privileges) before it
+opens the model. The agent, from outside, puts it in a cgroup where it can and enforces the job's
+wall-time, memory and process-count limits and cancellation until every process of the job is gone
+(agent/sandbox/tree.py finds them even after they double-fork or leave the process group), and kills
+them all in a `finally`. A crash, hang, OOM or hostile exit is a result, not an exception: the agent keeps
+serving. The effective limits are the job's own, capped by the agent's ceilings.
 """
 
 from __future__ import annotations
@@ -12,11 +14,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import selectors
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -24,16 +23,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 import agent
+from agent import jobprocess
 from agent.jobprocess import JobProcess, JobProcessPool
 from agent.jobspec import decode, to_jsonable
+from agent.sandbox import policy
+from agent.sandbox.cgroup import JobCgroup
+from agent.sandbox.tree import JobTree, Subreaper
 from agent.types import BenchmarkJob, BenchmarkResult, BenchmarkStatus, JobPhase, ModelFormat, Provenance
+from agent.watch import EventReader
 
-WATCH_INTERVAL_S = 0.02
-#: How often the whole process tree (not only the child) is summed: scanning /proc costs more.
-TREE_SCAN_INTERVAL_S = 0.5
+WATCH_INTERVAL_S = policy.WATCH_INTERVAL_MS / 1000
+#: How long the agent waits for a killed job's processes to be gone before it reports the job anyway.
+KILL_GRACE_S = 5.0
 DIAGNOSTICS_CHARS = 4000
 MODEL_SUFFIX = {
     ModelFormat.ONNX: ".onnx",
@@ -43,15 +45,25 @@ MODEL_SUFFIX = {
     ModelFormat.TORCH_EXPORT: ".pt2",
     ModelFormat.NULL: ".json",
 }
+#: Folders below the jobs folder that outlive a job and that jobs may write (TensorRT's engine cache).
+SHARED_JOB_DIRS = ("tensorrt-engines",)
 
 Progress = Callable[[JobPhase, int, str], None]
 
 
 @dataclass(frozen=True)
 class JobFiles:
+    """A job's stored artifacts: the model, an optional dataset, companions under their declared names.
+
+    `verify`, when set, is called with each of these paths after they were linked into the job's folder and
+    before the job starts; it raises (an ArtifactError saying what to do) if a stored file no longer holds the
+    bytes its digest names, so a job never runs, nor names in its provenance, bytes other than those.
+    """
+
     model: Path
     dataset: Path | None
     companions: tuple[tuple[str, Path], ...] = ()
+    verify: Callable[[Path], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,10 +88,11 @@ class RunnerConfig:
 
 
 def _link(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:  # another filesystem, or links not allowed
-        shutil.copyfile(src, dst)
+    """Hard link (or, across filesystems, copy) `src` to `dst`; FileExistsError if `dst` exists: never
+    written through, so a job folder's file can never overwrite a stored artifact."""
+    from agent.artifacts import link_or_copy
+
+    link_or_copy(src, dst)
 
 
 def _mb(n: int) -> str:
@@ -91,34 +104,106 @@ class JobRunner:
         self.jobs_dir = jobs_dir
         self.config = config
         jobs_dir.mkdir(parents=True, exist_ok=True)
-        self._pool = JobProcessPool(jobs_dir, prestart=config.prestart, python=config.python)
+        for name in SHARED_JOB_DIRS:
+            (jobs_dir / name).mkdir(exist_ok=True)
+        self._reaper = Subreaper(lambda: jobprocess.STARTED)
+        self.sandbox = policy.prepare(
+            config.sandbox,
+            jobs_dir,
+            config.cgroup_root,
+            "subreaper: orphaned processes are re-parented to the agent" if self._reaper.enabled else "",
+        )
+        self._pool = JobProcessPool(
+            jobs_dir, prestart=config.prestart, python=config.python, sandbox=self.sandbox.features
+        )
         self._pool.refill()
 
     def close(self) -> None:
-        """Stop the spare job process (at agent shutdown)."""
+        """Stop the spare job process and remove the job cgroups (at agent shutdown)."""
         self._pool.close()
+        self.sandbox.close()
 
     def _prepare(self, job: BenchmarkJob, files: JobFiles) -> tuple[Path, Path]:
-        """A private folder with the model (and companions under their declared names) linked in."""
+        """A private folder with the model (and companions under their declared names) linked in.
+
+        Each stored file the job reads is verified (`files.verify`) after linking, which is when a hard link
+        changed its ctime anyway. Raises (and removes the folder) if a file is gone, changed or collides.
+        """
         folder = self.jobs_dir / hashlib.sha256(job.job_id.encode()).hexdigest()[:24]
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         model = folder / f"model{MODEL_SUFFIX[job.model.format]}"
-        _link(files.model, model)
-        for name, path in files.companions:
-            _link(path, folder / name)  # names were validated: plain file names only
+        # Names were validated: plain, distinct and never the model's own, case-insensitively.
+        placed = [(files.model, model), *((path, folder / name) for name, path in files.companions)]
+        try:
+            for src, dst in placed:
+                try:
+                    _link(src, dst)
+                except FileNotFoundError:
+                    if files.verify is not None:
+                        files.verify(src)  # raises an error that says why the artifact is gone
+                    raise
+            if files.verify is not None:
+                used = [src for src, _ in placed] + ([files.dataset] if files.dataset else [])
+                for path in dict.fromkeys(used):
+                    files.verify(path)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return folder, model
+
+    def limits(self, job: BenchmarkJob) -> tuple[int, int, list[str]]:
+        """(wall-time ns, memory bytes, notes): the job's own limits or the agent's defaults, capped by the
+        agent's ceilings (a note says when a job asked for more than a ceiling allows)."""
+        c = self.config
+        wall = job.limits.wall_time_ns or c.default_wall_time_ns
+        memory = job.limits.memory_bytes or c.default_memory_bytes
+        notes = []
+        if c.max_wall_time_ns and wall > c.max_wall_time_ns:
+            notes.append(
+                f"wall-time limit capped at the agent's ceiling of {c.max_wall_time_ns / 1e9:g} s "
+                f"(asked {wall / 1e9:g} s; --max-job-timeout-s on the agent)"
+            )
+            wall = c.max_wall_time_ns
+        if c.max_memory_bytes and (memory == 0 or memory > c.max_memory_bytes):
+            if memory:
+                notes.append(
+                    f"memory limit capped at the agent's ceiling of {_mb(c.max_memory_bytes)} "
+                    f"(asked {_mb(memory)}; --max-job-memory-mb on the agent)"
+                )
+            memory = c.max_memory_bytes
+        return wall, memory, notes
 
     def run(self, job: BenchmarkJob, files: JobFiles, progress: Progress, cancel: threading.Event) -> BenchmarkResult:
         started = time.time_ns()
         folder, model = self._prepare(job, files)
         try:
-            result = self._run_child(job, folder, model, files.dataset, progress, cancel, started)
+            dataset = None
+            if files.dataset is not None:
+                # Inside the job folder: the sandbox hides the rest of the work directory. Companion names
+                # cannot start with a dot, so this name never collides with one.
+                dataset = folder / ".dataset.npz"
+                _link(files.dataset, dataset)
+            result = self._run_child(job, folder, model, dataset, progress, cancel, started)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
             self._pool.refill()  # the next job's process starts now, while nothing is measuring
         prov = dataclasses.replace(result.provenance, device_id=self.config.device_id, agent_version=agent.__version__)
         return dataclasses.replace(result, provenance=prov)
+
+    def _envelope(self, job: BenchmarkJob, folder: Path, model: Path, dataset: Path | None) -> bytes:
+        return json.dumps(
+            {
+                "cpu_affinity": list(self.config.cpu_affinity),
+                "job": to_jsonable(job),
+                "model_path": str(model),
+                "dataset_path": str(dataset) if dataset else None,
+                "job_folder": str(folder),
+                "workdir": str(self.jobs_dir.parent),
+                "secrets": [str(p) for p in self.config.secret_paths],
+                "shared_dirs": [str(self.jobs_dir / name) for name in SHARED_JOB_DIRS],
+            }
+        ).encode()
 
     def _run_child(
         self,
@@ -130,91 +215,194 @@ class JobRunner:
         cancel: threading.Event,
         started: int,
     ) -> BenchmarkResult:
-        envelope = {
-            "cpu_affinity": list(self.config.cpu_affinity),
-            "job": to_jsonable(job),
-            "model_path": str(model),
-            "dataset_path": str(dataset) if dataset else None,
-        }
         child = self._pool.take()
+        cgroup = self._job_cgroup(child)
         try:
             assert child.proc.stdin is not None
             try:
-                child.proc.stdin.write(json.dumps(envelope).encode())
+                child.proc.stdin.write(self._envelope(job, folder, model, dataset))
                 child.proc.stdin.close()
             except BrokenPipeError:
                 pass  # the child died at start; its exit status tells why
-            return self._watch_child(job, child, progress, cancel, started)
+            return Supervisor(self, job, child, cgroup, progress, cancel, started).watch()
         finally:
             child.log_path.unlink(missing_ok=True)
+            jobprocess.STARTED.discard(child.proc.pid)
+            if cgroup is not None:
+                cgroup.remove()
 
-    def _watch_child(
-        self, job: BenchmarkJob, child: JobProcess, progress: Progress, cancel: threading.Event, started: int
-    ) -> BenchmarkResult:
-        wall_ns = job.limits.wall_time_ns or self.config.default_wall_time_ns
-        mem_limit = job.limits.memory_bytes or self.config.default_memory_bytes
-        proc, read_fd, log_path = child.proc, child.event_fd, child.log_path
-        watch = _Watch(proc, read_fd, progress)
-        deadline = time.monotonic() + wall_ns / 1e9
-        killed_for: str | None = None
-        while not watch.eof and proc.poll() is None:
-            watch.pump(WATCH_INTERVAL_S)
-            if cancel.is_set():
-                killed_for = "cancel"
-            elif time.monotonic() > deadline:
-                killed_for = "timeout"
-            elif mem_limit and watch.rss() > mem_limit:
-                killed_for = "memory"
-            if killed_for:
-                child.kill()
-                break
-        code = proc.wait()
-        watch.close()
-        child.kill()  # anything the job left behind in its group goes too
+    def _job_cgroup(self, child: JobProcess) -> JobCgroup | None:
+        """A fresh cgroup holding the job process (and the PID 1 it forked), with the kernel limits set."""
+        manager = self.sandbox.cgroups
+        if manager is None:
+            return None
+        try:
+            cgroup = manager.create()
+            for pid in JobTree(child.proc.pid).pids():
+                cgroup.add(pid)
+            return cgroup
+        except OSError:
+            return None  # the watchdog and the namespaces still apply; the result's controls say so
+
+
+def failed_result(
+    job: BenchmarkJob, status: BenchmarkStatus, message: str, started: int, diagnostics: str
+) -> BenchmarkResult:
+    return BenchmarkResult(
+        job_id=job.job_id,
+        status=status,
+        message=message,
+        started_at_ns=started,
+        finished_at_ns=time.time_ns(),
+        diagnostics=diagnostics,
+        provenance=Provenance(
+            runtime_name=job.runtime.name,
+            model_sha256=job.model.sha256,
+            dataset_sha256=job.inputs.dataset_sha256,
+            batch_size=job.inputs.batch_size,
+            intra_op_threads=job.runtime.intra_op_threads,
+            inter_op_threads=job.runtime.inter_op_threads,
+            precision_hint=job.runtime.precision_hint,
+        ),
+    )
+
+
+def signal_name(number: int) -> str:
+    """A signal's name, including the real-time ones Python's enum does not list (SIGRTMIN+3)."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        low, high = getattr(signal, "SIGRTMIN", 34), getattr(signal, "SIGRTMAX", 64)
+        if low <= number <= high:
+            return f"SIGRTMIN+{number - low}"
+        return f"signal {number}"
+
+
+class Supervisor:
+    """Watches one job process until every process of the job is gone, enforcing its limits all along."""
+
+    def __init__(
+        self,
+        runner: JobRunner,
+        job: BenchmarkJob,
+        child: JobProcess,
+        cgroup: JobCgroup | None,
+        progress: Progress,
+        cancel: threading.Event,
+        started: int,
+    ) -> None:
+        self.runner, self.job, self.child, self.cgroup = runner, job, child, cgroup
+        self.cancel, self.started = cancel, started
+        self.wall_ns, self.mem_limit, self.notes = runner.limits(job)
+        reaper = runner._reaper
+        self.tree = JobTree(child.proc.pid, cgroup, reaper.adopted if reaper.enabled else None)
+        self.kernel_limits = cgroup.limit(self.mem_limit, policy.PIDS_MAX) if cgroup else []
+        self.reader = EventReader(child.event_fd, progress)
+        self.killed_for: str | None = None
+
+    def _check(self, deadline: float) -> str | None:
+        if self.cancel.is_set():
+            return "cancel"
+        if time.monotonic() > deadline:
+            return "timeout"
+        rss, count = self.tree.sample()
+        if self.mem_limit and rss > self.mem_limit:
+            return "memory"
+        if self.cgroup is not None and "memory.max" in self.kernel_limits and self.cgroup.oom_kills():
+            return "memory"
+        if count > policy.MAX_JOB_PROCESSES:
+            return "processes"
+        if self.reader.error:
+            return "protocol"
+        return None
+
+    def watch(self) -> BenchmarkResult:
+        proc = self.child.proc
+        deadline = time.monotonic() + self.wall_ns / 1e9
+        killed_at = 0.0
+        try:
+            while True:
+                self.reader.pump(WATCH_INTERVAL_S)
+                exited = proc.poll() is not None
+                if self.killed_for is None and not exited:
+                    self.killed_for = self._check(deadline)
+                    if self.killed_for:
+                        killed_at = time.monotonic()
+                        self.tree.kill()
+                if exited:
+                    break
+                if self.killed_for and time.monotonic() - killed_at > KILL_GRACE_S:
+                    break  # reported now; the finally below keeps killing
+                if self.killed_for:
+                    self.tree.kill()
+        finally:
+            # Whatever the job left behind (lingering children, escaped daemons) goes with it.
+            self.tree.kill()
+            self.runner._reaper.reap()
+            self.reader.drain(1.0)
+            self.reader.close()
+            self.child.kill()
+        return self._result(proc.wait(timeout=KILL_GRACE_S))
+
+    def _result(self, code: int) -> BenchmarkResult:
+        result = self._classify(code)
+        sandbox = self.reader.sandbox or {}
+        enforced: dict[object, object] = sandbox["enforced"] if isinstance(sandbox.get("enforced"), dict) else {}
+        missing: dict[object, object] = sandbox["missing"] if isinstance(sandbox.get("missing"), dict) else {}
+        controls = self.runner.sandbox.controls(
+            {str(k): str(v)[:300] for k, v in enforced.items()} if self.reader.sandbox else {},
+            {str(k): str(v)[:300] for k, v in missing.items()},
+        )
+        if self.cgroup is None and self.runner.sandbox.cgroups is not None:
+            controls = tuple(
+                dataclasses.replace(c, detail=c.detail + " (job cgroup could not be created)")
+                if c.name == "processes" else c
+                for c in controls
+            )
+        message = "; ".join([m for m in (result.message, *self.notes) if m])
+        provenance = dataclasses.replace(result.provenance, sandbox=controls)
+        return dataclasses.replace(result, message=message, provenance=provenance)
+
+    def _classify(self, code: int) -> BenchmarkResult:
+        job, reader = self.job, self.reader
+        log_path = self.child.log_path
 
         def failed(status: BenchmarkStatus, message: str) -> BenchmarkResult:
             tail = log_path.read_text(errors="replace")[-DIAGNOSTICS_CHARS:] if log_path.exists() else ""
-            return BenchmarkResult(
-                job_id=job.job_id,
-                status=status,
-                message=message,
-                started_at_ns=started,
-                finished_at_ns=time.time_ns(),
-                diagnostics=tail,
-                provenance=Provenance(
-                    runtime_name=job.runtime.name,
-                    model_sha256=job.model.sha256,
-                    dataset_sha256=job.inputs.dataset_sha256,
-                    batch_size=job.inputs.batch_size,
-                    intra_op_threads=job.runtime.intra_op_threads,
-                    inter_op_threads=job.runtime.inter_op_threads,
-                    precision_hint=job.runtime.precision_hint,
-                ),
-            )
+            return failed_result(job, status, message, self.started, tail)
 
-        phase = watch.phase.value.replace("_", " ")
-        if killed_for == "cancel":
+        phase = reader.phase.value.replace("_", " ")
+        if self.killed_for == "cancel":
             return failed(BenchmarkStatus.CANCELLED, f"cancelled by the client during {phase}")
-        if killed_for == "timeout":
+        if self.killed_for == "timeout":
             return failed(
                 BenchmarkStatus.TIMEOUT,
-                f"job exceeded its wall-time limit of {wall_ns / 1e9:g} s during {phase} and was killed; "
+                f"job exceeded its wall-time limit of {self.wall_ns / 1e9:g} s during {phase} and was killed; "
                 "raise the job's time limit or lower its max duration",
             )
-        if killed_for == "memory":
+        if self.killed_for == "memory":
+            how = "the kernel's cgroup limit" if self.cgroup and self.cgroup.oom_kills() else "the agent's watchdog"
             return failed(
                 BenchmarkStatus.OUT_OF_MEMORY,
-                f"job process reached {_mb(watch.peak_rss)} RSS during {phase}, over its memory limit "
-                f"of {_mb(mem_limit)}, and was killed; raise the job's memory limit or use a smaller "
-                "model or batch",
+                f"job's processes reached {_mb(self.tree.peak_rss)} RSS during {phase}, over its memory limit "
+                f"of {_mb(self.mem_limit)}, and were killed by {how}; raise the job's memory limit or use a "
+                "smaller model or batch",
             )
-        if watch.result is not None:
+        if self.killed_for == "processes":
+            return failed(
+                BenchmarkStatus.FAILED,
+                f"job started more than {policy.MAX_JOB_PROCESSES} processes during {phase} and was killed "
+                "(a model has no reason to start processes)",
+            )
+        if self.killed_for == "protocol":
+            return failed(BenchmarkStatus.FAILED, f"{reader.error} during {phase}; the job was killed")
+        if reader.result is not None:
             try:
-                return decode(BenchmarkResult, watch.result)
-            except (ValueError, TypeError, KeyError) as exc:
-                return failed(BenchmarkStatus.FAILED, f"job process sent a malformed result: {exc}")
+                return decode(BenchmarkResult, reader.result)
+            except Exception as exc:  # whatever the job sent, it is only a malformed result
+                return failed(BenchmarkStatus.FAILED, f"job process sent a malformed result: {str(exc)[:300]}")
         if code < 0:
-            name = signal.Signals(-code).name
+            name = signal_name(-code)
             why = {
                 "SIGKILL": "killed from outside the agent (the kernel's out-of-memory killer does this)",
                 "SIGSEGV": "the runtime crashed (segmentation fault)",
@@ -226,67 +414,3 @@ class JobRunner:
             BenchmarkStatus.FAILED,
             f"job process exited with code {code} during {phase} without a result; see diagnostics",
         )
-
-
-class _Watch:
-    """Reads the child's event pipe and watches its memory, from the agent's job thread."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], fd: int, progress: Progress) -> None:
-        self._proc = psutil.Process(proc.pid)
-        self._fd = fd
-        self._sel = selectors.DefaultSelector()
-        self._sel.register(fd, selectors.EVENT_READ)
-        self._buf = b""
-        self._progress = progress
-        self._last_tree_scan = 0.0
-        self._children_rss = 0
-        self.eof = False
-        self.phase = JobPhase.STARTING
-        self.result: dict[str, object] | None = None
-        self.peak_rss = 0
-
-    def pump(self, timeout: float) -> None:
-        if not self._sel.select(timeout):
-            return
-        data = os.read(self._fd, 1 << 20)
-        if not data:
-            self.eof = True
-            return
-        self._buf += data
-        *lines, self._buf = self._buf.split(b"\n")
-        for line in lines:
-            self._handle(line)
-
-    def _handle(self, line: bytes) -> None:
-        try:
-            event = json.loads(line)
-            if event.get("kind") == "result":
-                self.result = event["result"]
-            elif event.get("kind") == "progress":
-                self.phase = JobPhase(event["phase"])
-                self._progress(self.phase, int(event.get("iterations", 0)), str(event.get("message", ""))[:500])
-        except (ValueError, KeyError, TypeError, AttributeError):
-            pass  # a garbled line is ignored; a missing result is reported as such
-
-    def rss(self) -> int:
-        """RSS of the job's process tree (children summed at most every TREE_SCAN_INTERVAL_S)."""
-        try:
-            own = int(self._proc.memory_info().rss)
-            now = time.monotonic()
-            if now - self._last_tree_scan > TREE_SCAN_INTERVAL_S:
-                self._last_tree_scan = now
-                self._children_rss = sum(int(c.memory_info().rss) for c in self._proc.children(recursive=True))
-        except psutil.Error:
-            return 0
-        total = own + self._children_rss
-        self.peak_rss = max(self.peak_rss, total)
-        return total
-
-    def close(self) -> None:
-        # Drain what is left (the result line may arrive just before EOF).
-        while not self.eof:
-            self.pump(0.5)
-            if not self._sel.select(0):
-                break
-        self._sel.close()
-        os.close(self._fd)

@@ -86,6 +86,15 @@ class RuntimeInfo:
 
 
 @dataclass(frozen=True)
+class SandboxControl:
+    """One protection of the job sandbox: whether it is in force, and how (or why it is not)."""
+
+    name: str
+    enforced: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class DeviceInfo:
     protocol_major: int
     protocol_minor: int
@@ -109,6 +118,8 @@ class DeviceInfo:
     gpus: tuple[GpuInfo, ...]
     runtimes: tuple[RuntimeInfo, ...]
     collected_at_ns: int
+    sandbox: tuple[SandboxControl, ...] = ()
+    sandbox_mode: str = ""
 
 
 # ------------------------------------------------------------------ jobs
@@ -251,6 +262,7 @@ class Provenance:
     before: EnvironmentSample = field(default_factory=EnvironmentSample)
     after: EnvironmentSample = field(default_factory=EnvironmentSample)
     runtime_details: tuple[tuple[str, str], ...] = ()
+    sandbox: tuple[SandboxControl, ...] = ()
 
 
 @dataclass(frozen=True)

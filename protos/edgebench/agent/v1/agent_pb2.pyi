@@ -265,6 +265,8 @@ class DeviceInfo(_message.Message):
     GPUS_FIELD_NUMBER: _builtins.int
     RUNTIMES_FIELD_NUMBER: _builtins.int
     COLLECTED_AT_FIELD_NUMBER: _builtins.int
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    SANDBOX_MODE_FIELD_NUMBER: _builtins.int
     agent_version: _builtins.str
     device_id: _builtins.str
     """Stable across restarts: persisted in the agent's work directory."""
@@ -284,6 +286,7 @@ class DeviceInfo(_message.Message):
     """e.g. "Raspberry Pi 5 Model B Rev 1.0", "NVIDIA Jetson Orin Nano Developer Kit", "Mac14,2"; empty if unknown."""
     board_model_source: _builtins.str
     """Where board_model was read from, e.g. "/proc/device-tree/model"."""
+    sandbox_mode: _builtins.str
     @_builtins.property
     def protocol(self) -> Global___ProtocolVersion: ...
     @_builtins.property
@@ -294,6 +297,10 @@ class DeviceInfo(_message.Message):
     def runtimes(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuntimeInfo]: ...
     @_builtins.property
     def collected_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def sandbox(self) -> _containers.RepeatedCompositeFieldContainer[Global___SandboxControl]:
+        """What contains every job on this agent (see SandboxControl), and the mode asked for (auto|required|off)."""
+
     def __init__(
         self,
         *,
@@ -318,14 +325,45 @@ class DeviceInfo(_message.Message):
         gpus: _abc.Iterable[Global___GpuInfo] | None = ...,
         runtimes: _abc.Iterable[Global___RuntimeInfo] | None = ...,
         collected_at: _timestamp_pb2.Timestamp | None = ...,
+        sandbox: _abc.Iterable[Global___SandboxControl] | None = ...,
+        sandbox_mode: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["collected_at", b"collected_at", "protocol", b"protocol"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "architecture", b"architecture", "board_model", b"board_model", "board_model_source", b"board_model_source", "collected_at", b"collected_at", "cpu_features", b"cpu_features", "cpu_frequency_current_hz", b"cpu_frequency_current_hz", "cpu_frequency_max_hz", b"cpu_frequency_max_hz", "cpu_logical_cores", b"cpu_logical_cores", "cpu_model", b"cpu_model", "cpu_physical_cores", b"cpu_physical_cores", "device_id", b"device_id", "gpus", b"gpus", "hostname", b"hostname", "memory_total_bytes", b"memory_total_bytes", "os_name", b"os_name", "os_release", b"os_release", "os_version", b"os_version", "protocol", b"protocol", "python_version", b"python_version", "runtimes", b"runtimes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "architecture", b"architecture", "board_model", b"board_model", "board_model_source", b"board_model_source", "collected_at", b"collected_at", "cpu_features", b"cpu_features", "cpu_frequency_current_hz", b"cpu_frequency_current_hz", "cpu_frequency_max_hz", b"cpu_frequency_max_hz", "cpu_logical_cores", b"cpu_logical_cores", "cpu_model", b"cpu_model", "cpu_physical_cores", b"cpu_physical_cores", "device_id", b"device_id", "gpus", b"gpus", "hostname", b"hostname", "memory_total_bytes", b"memory_total_bytes", "os_name", b"os_name", "os_release", b"os_release", "os_version", b"os_version", "protocol", b"protocol", "python_version", b"python_version", "runtimes", b"runtimes", "sandbox", b"sandbox", "sandbox_mode", b"sandbox_mode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeviceInfo: _TypeAlias = DeviceInfo  # noqa: Y015
+
+@_typing.final
+class SandboxControl(_message.Message):
+    """One protection of the job sandbox (e.g. "processes", "memory", "network", "filesystem", "secrets"):
+    whether it is in force, and how it is enforced or why it is not (e.g. "memory cgroup disabled").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ENFORCED_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    enforced: _builtins.bool
+    detail: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        enforced: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "enforced", b"enforced", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SandboxControl: _TypeAlias = SandboxControl  # noqa: Y015
 
 @_typing.final
 class GpuInfo(_message.Message):
@@ -1152,6 +1190,7 @@ class Provenance(_message.Message):
     BEFORE_FIELD_NUMBER: _builtins.int
     AFTER_FIELD_NUMBER: _builtins.int
     RUNTIME_DETAILS_FIELD_NUMBER: _builtins.int
+    SANDBOX_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     agent_version: _builtins.str
     os: _builtins.str
@@ -1180,6 +1219,10 @@ class Provenance(_message.Message):
     def after(self) -> Global___EnvironmentSample: ...
     @_builtins.property
     def runtime_details(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def sandbox(self) -> _containers.RepeatedCompositeFieldContainer[Global___SandboxControl]:
+        """The protections that were in force for this job's process."""
+
     def __init__(
         self,
         *,
@@ -1203,10 +1246,11 @@ class Provenance(_message.Message):
         before: Global___EnvironmentSample | None = ...,
         after: Global___EnvironmentSample | None = ...,
         runtime_details: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        sandbox: _abc.Iterable[Global___SandboxControl] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "before", b"before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "agent_version", b"agent_version", "architecture", b"architecture", "batch_size", b"batch_size", "before", b"before", "dataset_sha256", b"dataset_sha256", "device_id", b"device_id", "execution_providers", b"execution_providers", "inputs", b"inputs", "inter_op_threads", b"inter_op_threads", "intra_op_threads", b"intra_op_threads", "kernel", b"kernel", "model_sha256", b"model_sha256", "os", b"os", "outputs", b"outputs", "precision_hint", b"precision_hint", "python_version", b"python_version", "runtime_details", b"runtime_details", "runtime_name", b"runtime_name", "runtime_version", b"runtime_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "agent_version", b"agent_version", "architecture", b"architecture", "batch_size", b"batch_size", "before", b"before", "dataset_sha256", b"dataset_sha256", "device_id", b"device_id", "execution_providers", b"execution_providers", "inputs", b"inputs", "inter_op_threads", b"inter_op_threads", "intra_op_threads", b"intra_op_threads", "kernel", b"kernel", "model_sha256", b"model_sha256", "os", b"os", "outputs", b"outputs", "precision_hint", b"precision_hint", "python_version", b"python_version", "runtime_details", b"runtime_details", "runtime_name", b"runtime_name", "runtime_version", b"runtime_version", "sandbox", b"sandbox"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
