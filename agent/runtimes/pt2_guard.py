@@ -1,5 +1,5 @@
 """Archive checks for `.pt2` files (`torch.export.save` programs), done before torch opens one: plain
-zipfile/json/ast, no torch import (only the torch backend, `agent.runtimes.torch_export`, may import torch).
+struct/json/ast, no torch import (only the torch backend, `agent.runtimes.torch_export`, may import torch).
 
 Loading a `.pt2` must not run code from the file, and torch 2.13's `torch.export.load` alone does not
 promise that (its own docstring: "uses pickle under the hood; never load data from an untrusted source").
@@ -14,7 +14,10 @@ torch/export/_unlift.py), a hostile archive can run code through:
 * symbolic expressions (`expr_str`), parsed with `sympy.sympify`, i.e. Python `eval`;
 * `guards_code`, Python source that `program.module()` compiles and runs;
 * names that reach generated Python source (parameter and buffer FQNs become `getattr(self, "...")`);
-* graph targets resolved by `getattr` on `torch`, `operator` and `math` (e.g. `torch.os.system`).
+* graph targets resolved by `getattr` on `torch`, `operator` and `math` (e.g. `torch.os.system`);
+* a zip that torch's reader (miniz) and a checker's reader see differently: miniz takes the central
+  directory at its recorded offset, Python's `zipfile` tolerates prepended data and finds another one,
+  so a polyglot shows a checker a clean program and torch a hostile one.
 
 So `check_pt2_archive` accepts only: one root folder, only the members `torch.export.save` writes (stored,
 uncompressed), no pickled payloads, no custom or opaque objects, no AOTInductor or legacy files, empty
@@ -22,29 +25,42 @@ uncompressed), no pickled payloads, no custom or opaque objects, no AOTInductor 
 sympy/torch size functions; no attributes, subscripts or other calls), every name a plain dotted
 identifier, every graph target an operator (`torch.ops.*`) or an allow-listed builtin. What it cannot
 check (the sample inputs' tensor pickles) the backend covers by loading with weights_only forced.
+
+Against reader differentials it does two things. The archive's layout must be unambiguous
+(`agent.runtimes.zip_check.read_members`: directory at its recorded offset, nothing prepended or appended,
+local headers agreeing with the directory, members tiling the file, unique names), and every byte it
+checks is read at offsets it has verified itself, never through `zipfile`. Then `write_checked_pt2` writes
+a fresh archive from exactly the bytes that were checked (extra files dropped), and the backend gives
+torch only that copy: whatever a reader would make of the original, torch reads what was checked.
 """
 
 from __future__ import annotations
 
-import ast
 import json
+import os
 import re
+import struct
+import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from agent.runtimes.base import ModelLoadError
+from agent.runtimes.pt2_expr import check_sym_expr, refuse
+from agent.runtimes.zip_check import STORED, Member, ZipLayoutError, copy_member, read_members
+
+__all__ = ["check_payload_config", "check_program_json", "check_pt2_archive", "check_sym_expr", "write_checked_pt2"]
 
 MAX_MEMBERS = 100_000
 MAX_JSON_BYTES = 256 * 2**20
-MAX_EXPR_CHARS = 4096
+_END_SEARCH = 2**16 + 22  # an end record with the longest comment
+_ALIGNMENT = 64  # torch.export.save aligns member data to 64 bytes
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.:+\-]*$")
 _FQN = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
 _PAYLOAD_FILE = re.compile(r"^[A-Za-z0-9_]+$")
 _MODEL_JSON = re.compile(r"^models/([A-Za-z0-9_]+)\.json$")
-_SYMBOL = re.compile(r"^[a-z]{1,8}[0-9]+$")
 _FIXED_MEMBERS = frozenset(
     {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"}
 )
@@ -81,145 +97,16 @@ _BUILTIN_TARGETS = frozenset(
     + [f"torch.sym_{f}" for f in ("int", "float", "ite", "max", "min", "not", "sqrt", "sum")]
     + ["torch._C._set_grad_enabled", "torch.autograd.grad_mode.set_grad_enabled"]
 )
-#: Functions an `expr_str` may call: torch's sympy size functions (the deserializer's table) and sympy's own.
-_EXPR_FUNCTIONS = frozenset(
-    {
-        # torch.utils._sympy.functions, as named in the deserializer's table
-        "FloorDiv",
-        "ModularIndexing",
-        "Where",
-        "PythonMod",
-        "Mod",
-        "CleanDiv",
-        "CeilToInt",
-        "FloorToInt",
-        "CeilDiv",
-        "LShift",
-        "RShift",
-        "PowByNatural",
-        "FloatPow",
-        "FloatTrueDiv",
-        "IntTrueDiv",
-        "IsNonOverlappingAndDenseIndicator",
-        "TruncToFloat",
-        "TruncToInt",
-        "RoundToInt",
-        "RoundDecimal",
-        "ToFloat",
-        "Identity",
-        # sympy's own constructors and functions that printed size expressions use
-        "Symbol",
-        "Integer",
-        "Float",
-        "Rational",
-        "Max",
-        "Min",
-        "Eq",
-        "Ne",
-        "Lt",
-        "Le",
-        "Gt",
-        "Ge",
-        "And",
-        "Or",
-        "Not",
-        "Abs",
-        "floor",
-        "ceiling",
-        "sqrt",
-        "Piecewise",
-        "ITE",
-        "Add",
-        "Mul",
-        "Pow",
-    }
-)
-_EXPR_CONSTANTS = frozenset({"oo", "zoo", "nan", "true", "false", "pi", "E"})
-_EXPR_KEYWORDS = frozenset({"integer", "positive", "nonnegative", "negative", "real", "finite", "nonzero"})
-_EXPR_NODES = (
-    ast.Expression,
-    ast.BinOp,
-    ast.UnaryOp,
-    ast.BoolOp,
-    ast.Compare,
-    ast.Call,
-    ast.Name,
-    ast.Load,
-    ast.Constant,
-    ast.Tuple,
-    ast.keyword,
-    ast.operator,
-    ast.unaryop,
-    ast.boolop,
-    ast.cmpop,
-)
 
 
 # ============================================================================== the checks
-
-
-def _refuse(what: str) -> ModelLoadError:
-    return ModelLoadError(
-        f"{what}; refused before torch opened the file (a .pt2 may carry code that torch would run). "
-        "Export with torch.export.export and save with torch.export.save, with plain tensor weights"
-    )
-
-
-_MAX_EXPR_INT = 2**63
-_MAX_EXPONENT = 64
-
-
-def _small_exponent(node: ast.expr) -> bool:
-    """A symbol or a constant up to _MAX_EXPONENT: sympy evaluates constant powers eagerly, and 10**10**10 would
-    hang the job process rather than run code, but a limit costs nothing."""
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        node = node.operand
-    if isinstance(node, ast.Name):
-        return True
-    return isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and abs(node.value) <= _MAX_EXPONENT
-
-
-def check_sym_expr(expr: str) -> None:
-    """Raise ModelLoadError unless `expr` (an `expr_str`, which torch gives to sympy's eval) is plain
-    arithmetic over symbols and allow-listed functions."""
-    if len(expr) > MAX_EXPR_CHARS:
-        raise _refuse(f"a symbolic expression is {len(expr)} characters long")
-    try:
-        tree = ast.parse(expr, mode="eval")
-    except SyntaxError:
-        raise _refuse(f"symbolic expression {expr[:120]!r} is not plain arithmetic") from None
-    for node in ast.walk(tree):
-        bad = ""
-        if not isinstance(node, _EXPR_NODES):
-            bad = type(node).__name__
-        elif isinstance(node, ast.Call):
-            if not isinstance(node.func, ast.Name) or node.func.id not in _EXPR_FUNCTIONS:
-                bad = "a call of " + (node.func.id if isinstance(node.func, ast.Name) else type(node.func).__name__)
-        elif isinstance(node, ast.Name):
-            if node.id not in _EXPR_FUNCTIONS | _EXPR_CONSTANTS and not _SYMBOL.match(node.id):
-                bad = f"the name {node.id!r}"
-        elif isinstance(node, ast.keyword):
-            if node.arg not in _EXPR_KEYWORDS or not isinstance(node.value, ast.Constant):
-                bad = f"the keyword {node.arg!r}"
-        elif isinstance(node, ast.Constant):
-            value = node.value
-            if isinstance(value, str) and not _SYMBOL.match(value):
-                bad = f"the string {value[:40]!r}"
-            elif not isinstance(value, (str, int, float, bool)):
-                bad = f"a {type(value).__name__} constant"
-            elif isinstance(value, int) and abs(value) > _MAX_EXPR_INT:
-                bad = "an integer beyond 64 bits"
-        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow) and not _small_exponent(node.right):
-            bad = "a power whose exponent is not a symbol or a small constant"
-        if bad:
-            raise _refuse(f"symbolic expression {expr[:120]!r} contains {bad}")
 
 
 def _check_target(target: str, where: str) -> None:
     if target.startswith("torch.ops.") and _SAFE_NAME.match(target):
         return
     if target not in _BUILTIN_TARGETS:
-        raise _refuse(
+        raise refuse(
             f"{where} calls {target[:120]!r}, which is neither an operator (torch.ops.*) nor an allowed builtin"
         )
 
@@ -228,10 +115,10 @@ def _check_nested_json(text: str, key: str) -> None:
     try:
         value = json.loads(text)
     except ValueError:
-        raise _refuse(f"metadata {key!r} is not JSON") from None
+        raise refuse(f"metadata {key!r} is not JSON") from None
     for s in _strings(value):
         if "\n" in s or "\r" in s:
-            raise _refuse(f"metadata {key!r} holds a line break")
+            raise refuse(f"metadata {key!r} holds a line break")
 
 
 def _strings(value: Any) -> Iterator[str]:
@@ -249,16 +136,16 @@ def _strings(value: Any) -> Iterator[str]:
 def check_program_json(program: Any, where: str = "the program") -> None:
     """Walk a `models/<name>.json` document and raise ModelLoadError at the first thing that could run code."""
     if not isinstance(program, dict):
-        raise _refuse(f"{where} is not a JSON object")
+        raise refuse(f"{where} is not a JSON object")
     if program.get("guards_code"):
-        raise _refuse(f"{where} carries guards_code (Python source that loading would run)")
+        raise refuse(f"{where} carries guards_code (Python source that loading would run)")
     stack: list[tuple[str, Any]] = [("", program)]
     while stack:
         key, value = stack.pop()
         if isinstance(value, dict):
             for k, v in value.items():
                 if not isinstance(k, str) or not _SAFE_NAME.match(k):
-                    raise _refuse(f"{where} has the key {str(k)[:120]!r}")
+                    raise refuse(f"{where} has the key {str(k)[:120]!r}")
                 stack.append((k, v))
         elif isinstance(value, list):
             stack.extend((key, v) for v in value)
@@ -271,29 +158,29 @@ def check_program_json(program: Any, where: str = "the program") -> None:
                 _check_nested_json(value, key)
             elif key in _FREE_TEXT:
                 if "\r" in value or ("\n" in value and key != "stack_trace"):
-                    raise _refuse(f"{where}'s {key!r} metadata holds a line break")
+                    raise refuse(f"{where}'s {key!r} metadata holds a line break")
             elif not _SAFE_NAME.match(value):
-                raise _refuse(f"{where}'s {key!r} is {value[:120]!r}, not a plain name")
+                raise refuse(f"{where}'s {key!r} is {value[:120]!r}, not a plain name")
         elif value is not None and not isinstance(value, (bool, int, float)):
-            raise _refuse(f"{where} holds a {type(value).__name__}")
+            raise refuse(f"{where} holds a {type(value).__name__}")
 
 
 def check_payload_config(config: Any, kind: str, member: str) -> None:
     """A weights/constants config: plain dotted FQNs, raw tensor payloads only (no pickle, no objects)."""
     entries = config.get("config") if isinstance(config, dict) else None
     if not isinstance(entries, dict):
-        raise _refuse(f"{member} is not a payload config")
+        raise refuse(f"{member} is not a payload config")
     prefix = "weight_" if kind == "weights" else "tensor_"
     for fqn, meta in entries.items():
         if not isinstance(fqn, str) or not _FQN.match(fqn):
-            raise _refuse(f"{member} names the {kind} entry {str(fqn)[:120]!r}, not a plain dotted name")
+            raise refuse(f"{member} names the {kind} entry {str(fqn)[:120]!r}, not a plain dotted name")
         if not isinstance(meta, dict):
-            raise _refuse(f"{member}'s entry {fqn!r} is not an object")
+            raise refuse(f"{member}'s entry {fqn!r} is not an object")
         if meta.get("use_pickle") is not False:
-            raise _refuse(f"{member}'s entry {fqn!r} is a pickled object (use_pickle)")
+            raise refuse(f"{member}'s entry {fqn!r} is a pickled object (use_pickle)")
         path_name = meta.get("path_name")
         if not isinstance(path_name, str) or not _PAYLOAD_FILE.match(path_name) or not path_name.startswith(prefix):
-            raise _refuse(f"{member}'s entry {fqn!r} is stored as {str(path_name)[:80]!r}, not a raw tensor payload")
+            raise refuse(f"{member}'s entry {fqn!r} is stored as {str(path_name)[:80]!r}, not a raw tensor payload")
 
 
 def _allowed_member(name: str, models: set[str]) -> bool:
@@ -318,49 +205,121 @@ def _allowed_member(name: str, models: set[str]) -> bool:
     return False
 
 
-def check_pt2_archive(path: Path, *, max_members: int = MAX_MEMBERS) -> None:
-    """Raise ModelLoadError, naming the member, unless `path` is a `.pt2` that torch can load without running
-    code from it (see the module docstring). Reads only the zip directory and the JSON members."""
+def _looks_like_zip(f: BinaryIO) -> bool:
+    """Whether the file holds a zip end record in its last 64 KiB (where any zip reader looks for one)."""
+    size = f.seek(0, 2)
+    f.seek(max(0, size - _END_SEARCH))
+    return b"PK\x05\x06" in f.read()
+
+
+class _Copy:
+    """The fresh archive torch is given: stored members, data aligned to 64 bytes like torch.export.save's
+    (padding in a local "FB" extra field), written only from bytes the checks have passed."""
+
+    def __init__(self, raw: BinaryIO, archive: zipfile.ZipFile) -> None:
+        self._raw = raw
+        self._zip = archive
+
+    def add(self, name: str, size: int, chunks: Iterable[bytes]) -> None:
+        info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+        info.file_size = size
+        zip64 = size * 1.05 > zipfile.ZIP64_LIMIT  # zipfile's own rule: it then adds a 20-byte zip64 field
+        header = 30 + len(name.encode()) + 4 + (20 if zip64 else 0)
+        pad = -(self._raw.tell() + header) % _ALIGNMENT
+        info.extra = struct.pack("<HH", 0x4246, pad) + b"Z" * pad
+        with self._zip.open(info, "w", force_zip64=zip64) as out:
+            for chunk in chunks:
+                out.write(chunk)
+
+
+def _check(path: Path, copy: _Copy | None, max_members: int) -> None:
+    """The checks of `check_pt2_archive`; with `copy`, every member torch needs is also written there, from
+    the very bytes that were checked (JSON members are checked and written from one buffer)."""
     try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+        f = path.open("rb")
+    except OSError as exc:
         raise ModelLoadError(f"not a torch.export program (.pt2 is a zip archive): {exc}") from None
-    with zf:
-        infos = zf.infolist()
-        if not infos or len(infos) > max_members:
-            raise _refuse(f"the archive has {len(infos)} members")
-        roots = {info.filename.split("/", 1)[0] for info in infos}
+    with f:
+        try:
+            members = read_members(f, methods=frozenset({STORED}), max_members=max_members)
+        except ZipLayoutError as exc:
+            if not _looks_like_zip(f):
+                raise ModelLoadError(f"not a torch.export program (.pt2 is a zip archive): {exc}") from None
+            raise refuse(f"the archive's layout is not what torch.export.save writes: {exc}") from None
+        if not members:
+            raise refuse("the archive has no members")
+        roots = {m.name.split("/", 1)[0] for m in members}
         if len(roots) != 1:
-            raise _refuse(f"the archive has {len(roots)} top-level folders, not one")
+            raise refuse(f"the archive has {len(roots)} top-level folders, not one")
         root = roots.pop() + "/"
-        relative: dict[str, zipfile.ZipInfo] = {}
-        for info in infos:
-            name = info.filename[len(root) :] if info.filename.startswith(root) else ""
+        relative: dict[str, Member] = {}
+        for member in members:
+            name = member.name[len(root) :] if member.name.startswith(root) else ""
             if not name or "\\" in name or ".." in PurePosixPath(name).parts:
-                raise _refuse(f"the member {info.filename[:200]!r} has an unexpected path")
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise _refuse(f"the member {info.filename[:200]!r} is compressed (torch.export.save never does)")
-            relative[name] = info
-        if "archive_format" not in relative or zf.read(relative["archive_format"]).strip() != b"pt2":
-            raise _refuse("the archive is not in the pt2 format written by torch.export.save (no archive_format 'pt2')")
-        models = {m.group(1) for n in relative if (m := _MODEL_JSON.match(n))}
-        if not models:
-            raise _refuse("the archive holds no exported program (models/<name>.json)")
-        for name, info in relative.items():
-            if not _allowed_member(name, models):
-                raise _refuse(
-                    f"the member {info.filename[:200]!r} is not one torch.export.save writes for a plain program"
-                )
-        for name, info in relative.items():
-            if not name.endswith(".json") or name.startswith("extra/"):
-                continue
-            if info.file_size > MAX_JSON_BYTES:
-                raise _refuse(f"the member {info.filename[:200]!r} is {info.file_size} bytes")
+                raise refuse(f"the member {member.name[:200]!r} has an unexpected path")
+            relative[name] = member
+
+        def read(m: Member) -> bytes:
+            if m.file_size > MAX_JSON_BYTES:
+                raise refuse(f"the member {m.name[:200]!r} is {m.file_size} bytes")
             try:
-                document = json.loads(zf.read(info))
+                return b"".join(copy_member(f, m))
+            except ZipLayoutError as exc:
+                raise refuse(str(exc)) from None
+
+        if "archive_format" not in relative or read(relative["archive_format"]).strip() != b"pt2":
+            raise refuse("the archive is not in the pt2 format written by torch.export.save (no archive_format 'pt2')")
+        models = {match.group(1) for n in relative if (match := _MODEL_JSON.match(n))}
+        if not models:
+            raise refuse("the archive holds no exported program (models/<name>.json)")
+        for name, m in relative.items():
+            if not _allowed_member(name, models):
+                raise refuse(f"the member {m.name[:200]!r} is not one torch.export.save writes for a plain program")
+        for name, m in relative.items():
+            if name.startswith("extra/"):
+                continue  # extra files are read only when load() is asked for them by name: not copied
+            if not name.endswith(".json"):
+                if copy is not None:
+                    try:
+                        copy.add(m.name, m.file_size, copy_member(f, m))
+                    except ZipLayoutError as exc:
+                        raise refuse(str(exc)) from None
+                continue
+            data = read(m)
+            try:
+                document = json.loads(data)
             except (ValueError, UnicodeDecodeError):
-                raise _refuse(f"the member {info.filename[:200]!r} is not JSON") from None
+                raise refuse(f"the member {m.name[:200]!r} is not JSON") from None
             if name.startswith("models/"):
                 check_program_json(document, f"the program {name!r}")
             else:
                 check_payload_config(document, "weights" if name.startswith("data/weights/") else "constants", name)
+            if copy is not None:
+                copy.add(m.name, len(data), [data])
+
+
+def check_pt2_archive(path: Path, *, max_members: int = MAX_MEMBERS) -> None:
+    """Raise ModelLoadError, naming the member, unless `path` is a `.pt2` that torch can load without running
+    code from it (see the module docstring), laid out so that every zip reader sees the same members
+    (`agent.runtimes.zip_check`). Reads the zip structures and the JSON members, streaming."""
+    _check(path, None, max_members)
+
+
+def write_checked_pt2(path: Path, folder: Path, *, max_members: int = MAX_MEMBERS) -> Path:
+    """Check `path` like `check_pt2_archive` and write, in `folder`, a fresh archive made only of the checked
+    members' checked bytes; return its path (a new, unpredictable name). Torch is given this copy, never
+    `path`, so what torch reads is provably what was checked, whatever zip reader it uses. Streams member
+    by member (memory: the largest JSON member); needs room in `folder` for a copy of the model."""
+    fd, name = tempfile.mkstemp(prefix=".checked-", suffix=".pt2", dir=folder)
+    try:
+        with os.fdopen(fd, "w+b") as raw, zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED) as archive:
+            _check(path, _Copy(raw, archive), max_members)
+    except BaseException as exc:
+        os.unlink(name)
+        if isinstance(exc, OSError):
+            raise ModelLoadError(
+                f"could not write the checked copy of the program in the job folder ({exc}); the agent needs "
+                f"free space for a second copy of the model ({path.stat().st_size} bytes) in its work dir"
+            ) from None
+        raise
+    return Path(name)

@@ -2,11 +2,14 @@
 baseline. The only agent module that imports torch, and only inside its functions.
 
 Loading a `.pt2` must not run code from the file, and `torch.export.load` alone does not promise that
-(it uses pickle and, in places, Python `eval`). So `prepare` first checks the archive without torch
-(`agent.runtimes.pt2_guard.check_pt2_archive`: what a hostile archive could do, and what the check allows,
-is described there). `load` then calls `torch.export.load` with `TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`, so every
-`torch.load` inside it is restricted to tensors whatever its call site asks (the sample inputs, which the
-archive check lets through, still load that way).
+(it uses pickle and, in places, Python `eval`). So `prepare` first checks the archive without torch and
+writes a fresh copy of it, in the job folder, made only of the bytes it checked
+(`agent.runtimes.pt2_guard.write_checked_pt2`: what a hostile archive could do, and what the check allows,
+is described there). `load` gives torch that copy, never the received file, so a zip that torch's reader
+would see differently from the check's cannot slip anything past it; `load` without `prepare` checks and
+copies first too. The copy is deleted once torch has read it. `torch.export.load` runs with
+`TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`, so every `torch.load` inside it is restricted to tensors whatever its
+call site asks (the sample inputs, which the archive check lets through, still load that way).
 
 `run` calls `program.module()(*inputs)` under `torch.inference_mode()` and returns numpy arrays.
 Threads: `torch.set_num_threads(intra_op_threads)` (and inter-op threads when given).
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.runtimes.base import Array, DeclaredIO, ModelLoadError, RuntimeUnsupported, unavailable
-from agent.runtimes.pt2_guard import check_pt2_archive
+from agent.runtimes.pt2_guard import write_checked_pt2
 from agent.types import ModelFormat, PrecisionHint, RuntimeConfig, RuntimeInfo, TensorInfo
 
 NAME = "torch"
@@ -103,6 +106,18 @@ class TorchBackend:
     name = NAME
     formats = FORMATS
 
+    def __init__(self) -> None:
+        #: received model path -> the checked copy `prepare` wrote for it, which `load` gives torch.
+        self._checked: dict[Path, Path] = {}
+
+    def _checked_copy(self, model_path: Path) -> Path:
+        previous = self._checked.pop(model_path, None)
+        if previous is not None:
+            previous.unlink(missing_ok=True)
+        copy = write_checked_pt2(model_path, model_path.parent)
+        self._checked[model_path] = copy
+        return copy
+
     def probe(self) -> RuntimeInfo:
         version = _torch_version()
         if version is None:
@@ -125,7 +140,7 @@ class TorchBackend:
                 f"the torch backend runs the program in the dtypes it was exported with; precision "
                 f"{config.precision_hint.value} is not applied. Leave the precision unspecified (or FP32)"
             )
-        check_pt2_archive(model_path)
+        self._checked_copy(model_path)
 
     def load(self, model_path: Path, config: RuntimeConfig) -> TorchSession:
         try:
@@ -142,12 +157,16 @@ class TorchBackend:
                 torch.set_num_interop_threads(config.inter_op_threads)
             except RuntimeError as exc:  # only possible before any inter-op work in the process
                 notes["inter_op_threads_note"] = str(exc)[:200]
+        checked = self._checked.get(model_path) or self._checked_copy(model_path)
         try:
             with _weights_only_loads():
-                program = torch.export.load(model_path)
+                program = torch.export.load(checked)
             module = program.module()
         except Exception as exc:  # torch raises many types for bad archives (RuntimeError, KeyError, ...)
             raise ModelLoadError(f"torch could not load the exported program: {type(exc).__name__}: {exc}") from None
+        finally:  # torch.export.load reads every record into memory: the copy is not needed afterwards
+            self._checked.pop(model_path, None)
+            checked.unlink(missing_ok=True)
         nodes = {n.name: n for n in program.graph.nodes}
         signature = program.graph_signature
         inputs = tuple(_info(n, nodes[n].meta.get("val")) for n in signature.user_inputs if n in nodes)
@@ -159,7 +178,10 @@ class TorchBackend:
             "intra_op_threads": str(torch.get_num_threads()),
             "inter_op_threads": str(torch.get_num_interop_threads()),
             "mode": "eager program.module() under torch.inference_mode()",
-            "load_guard": "archive checked (no pickles, allow-listed names/expressions/targets); weights_only loads",
+            "load_guard": (
+                "archive layout and contents checked (no pickles, allow-listed names/expressions/targets); "
+                "torch read a fresh copy of the checked bytes; weights_only loads"
+            ),
             **notes,
         }
         return TorchSession(torch, module, inputs, outputs, details)

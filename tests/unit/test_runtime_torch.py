@@ -23,8 +23,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from agent.runtimes.base import ModelLoadError, RuntimeUnsupported  # noqa: E402
-from agent.runtimes.pt2_guard import check_pt2_archive, check_sym_expr  # noqa: E402
+from agent.runtimes.pt2_guard import check_pt2_archive, check_sym_expr, write_checked_pt2  # noqa: E402
 from agent.runtimes.torch_export import BACKEND  # noqa: E402
+from agent.runtimes.zip_check import read_members  # noqa: E402
 from agent.types import PrecisionHint, RuntimeConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -420,3 +421,54 @@ def test_symbolic_expressions_torch_writes_pass(expr: str) -> None:
 def test_symbolic_expressions_that_could_run_code_are_refused(expr: str) -> None:
     with pytest.raises(ModelLoadError, match="symbolic expression"):
         check_sym_expr(expr)
+
+
+# ---------------------------------------------------------------------------------------------- the checked copy
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_torch_is_given_a_fresh_copy_made_of_the_checked_bytes(program: Path, tmp_path: Path) -> None:
+    """F2, second layer: torch never opens the received file. The copy holds the same members with the same
+    bytes, data aligned to 64 bytes like torch.export.save's, and is gone once torch has read it."""
+    copy = write_checked_pt2(program, tmp_path)
+    assert copy.parent == tmp_path and copy.name.startswith(".checked-")
+    with zipfile.ZipFile(program) as original, zipfile.ZipFile(copy) as fresh:
+        assert {i.filename: original.read(i) for i in original.infolist()} == {
+            i.filename: fresh.read(i) for i in fresh.infolist()
+        }
+    with copy.open("rb") as f:
+        assert all(m.data_offset % 64 == 0 for m in read_members(f, methods=frozenset({0}), max_members=100))
+    loaded = torch.export.load(copy)
+    assert [n.name for n in loaded.graph.nodes] == [n.name for n in torch.export.load(program).graph.nodes]
+    folder = tmp_path / "job"
+    folder.mkdir()
+    model = folder / "model.pt2"
+    model.write_bytes(program.read_bytes())
+    _load(model).close()
+    assert sorted(p.name for p in folder.iterdir()) == ["model.pt2"], "the checked copy was left behind"
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_extra_files_are_left_out_of_the_copy(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt2"
+    torch.export.save(
+        torch.export.export(TwoOut(), (torch.randn(2, 3), torch.randn(2, 3))), path, extra_files={"n": "x"}
+    )
+    copy = write_checked_pt2(path, tmp_path)
+    with zipfile.ZipFile(path) as original, zipfile.ZipFile(copy) as fresh:
+        dropped = set(original.namelist()) - set(fresh.namelist())
+    assert len(dropped) == 1 and "/extra/" in dropped.pop()
+    assert len(_load(path).run({"a": np.ones((2, 3), np.float32), "b": np.ones((2, 3), np.float32)})) == 2
+
+
+def test_an_archive_behind_other_bytes_is_refused(program: Path, tmp_path: Path) -> None:
+    """zipfile reads such a file (it shifts every offset); miniz reads the directory where the end record
+    says. Refused for its layout, before any content is looked at."""
+    shifted = tmp_path / "model.pt2"
+    shifted.write_bytes(b"\0" * 100 + program.read_bytes())
+    with zipfile.ZipFile(shifted) as zf:
+        assert zf.testzip() is None  # zipfile alone finds nothing wrong
+    with pytest.raises(ModelLoadError, match="refused before torch opened the file") as err:
+        BACKEND.prepare(shifted, _config())
+    assert "data was prepended" in str(err.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt2"], "a refused archive left a partial copy"
