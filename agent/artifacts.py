@@ -1,24 +1,36 @@
 """Content-addressed artifact store in the agent's work directory.
 
-Layout: `blobs/<sha256>` (verified, complete) and `partial/<sha256>.part` (an upload in progress; its size
-is the committed offset a client resumes from). A blob is only ever created by renaming a part file whose
-sha256 was verified, so a reader never sees a half-written or wrong blob. Caps: one artifact may not
-exceed `max_artifact_bytes`; the blobs together may not exceed `max_total_bytes`, and least recently used
-blobs that no queued or running job holds are evicted to make room.
+Layout: `blobs/<sha256>` (complete, read-only) and `partial/<sha256>.part` (an upload in progress or
+abandoned; its size is the committed offset a client resumes from). A blob is only ever created by renaming a
+part file whose sha256 was verified, so a reader never sees a half-written or wrong blob.
+
+Any process with the agent's uid can chmod a blob (or a hard link to it in a job folder), write through it and
+set its mtime back, but not its ctime: `verify` re-hashes a blob whose (device, inode, size, mtime, ctime)
+changed since it last matched, and removes it if it no longer does. The runner calls it before each job.
+
+Caps: one artifact may not exceed `max_artifact_bytes`. Blobs, part files and uploads in progress together
+may not exceed `max_total_bytes`: an upload reserves its whole size when it begins, under the store's lock, so
+concurrent uploads cannot all pass; least recently used blobs no queued or running job holds, and part files
+no upload is writing, are evicted for room. The disk must keep the upload's remaining bytes, those still owed
+to the other uploads in progress and DISK_HEADROOM_BYTES free. Part files untouched for `stale_partial_age_s`
+are dropped at start-up and whenever an upload begins or is published.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import queue
 import re
 import shutil
+import stat
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -26,6 +38,17 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 DISK_HEADROOM_BYTES = 64 * 1024 * 1024
 #: Bytes between background syncs of an upload in progress.
 SYNC_EVERY_BYTES = 32 * 1024 * 1024
+#: Largest upload chunk accepted (the protocol sends 256 KiB-1 MiB chunks). With at most QUEUED_CHUNKS waiting
+#: to be hashed, one upload holds at most a few MiB of the agent's memory.
+MAX_CHUNK_BYTES = 1 << 20
+QUEUED_CHUNKS = 8
+#: A part file nobody wrote to for this long is dropped (its upload would restart from 0).
+DEFAULT_STALE_PARTIAL_AGE_S = 6 * 3600.0
+#: link() failures after which a copy is made instead: another filesystem, links not allowed or not
+#: supported there, too many links to one file. Anything else (an existing destination above all) is raised.
+_COPY_ERRNOS = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
+_BLOCK = 4 * 1024 * 1024
+_READ_ONLY = 0o444
 
 
 class ArtifactError(Exception):
@@ -40,8 +63,16 @@ class ArtifactMissing(ArtifactError):
     pass
 
 
+class ArtifactChanged(ArtifactMissing):
+    """A stored blob no longer hashed to its name; it was removed, so it is missing now."""
+
+
 class ArtifactTooLarge(ArtifactError):
     pass
+
+
+class ChunkTooLarge(ArtifactError):
+    """An upload chunk above MAX_CHUNK_BYTES: the request breaks the protocol."""
 
 
 class StoreFull(ArtifactError):
@@ -66,6 +97,42 @@ def check_digest(sha256: str) -> str:
     return sha256
 
 
+def hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Make `dst` a hard link to `src`, or a copy of it where the filesystem cannot link (see _COPY_ERRNOS).
+
+    Never replaces or follows anything already at `dst`: FileExistsError instead. The copy is written into
+    `dst` itself, created with O_EXCL|O_NOFOLLOW (a temporary file renamed into place would replace an
+    existing destination), and removed again if copying fails.
+    """
+    try:
+        os.link(src, dst)
+        return
+    except OSError as exc:
+        if exc.errno not in _COPY_ERRNOS:
+            raise
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(dst, flags, _READ_ONLY)
+    try:
+        with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
+            shutil.copyfileobj(inp, out, _BLOCK)
+    except BaseException:
+        dst.unlink(missing_ok=True)
+        raise
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What changes when a file's bytes change, even if its mtime is set back: ctime cannot be."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class Upload:
     """One upload of one artifact, from a committed offset to its declared size. Not thread-safe."""
 
@@ -77,17 +144,18 @@ class Upload:
         self._path = store.part_path(sha256)
         self._hasher = hashlib.sha256()
         if offset:
-            # Resuming: the bytes already committed must be hashed again (the hasher state is not persisted).
+            # Resuming: the bytes already committed are hashed again from disk (the hasher state is not
+            # persisted), so a part file changed while nobody uploaded fails the digest check at commit.
             with self._path.open("rb") as f:
-                while block := f.read(4 * 1024 * 1024):
+                while block := f.read(_BLOCK):
                     self._hasher.update(block)
             self._file = self._path.open("ab")
         else:
             self._file = self._path.open("wb")
         self.offset = offset
         # Hashing runs on its own thread, overlapping the file writes (hashlib releases the GIL on large
-        # buffers); the bounded queue keeps at most a few chunks in memory.
-        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        # buffers); the bounded queue keeps at most QUEUED_CHUNKS chunks in memory.
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUED_CHUNKS)
         self._hash_thread = threading.Thread(target=self._hash_loop, name="edgebench-hash", daemon=True)
         self._hash_thread.start()
 
@@ -110,6 +178,12 @@ class Upload:
             self._hash_thread.join()
 
     def write(self, chunk: bytes) -> None:
+        """Append one chunk. Raises ChunkTooLarge above MAX_CHUNK_BYTES, UploadConflict past the declared size."""
+        if len(chunk) > MAX_CHUNK_BYTES:
+            raise ChunkTooLarge(
+                f"upload chunk of {len(chunk)} bytes is over the limit of {MAX_CHUNK_BYTES} bytes (1 MiB) per "
+                "chunk; send the artifact in chunks of 256 KiB to 1 MiB"
+            )
         if self.offset + self.received + len(chunk) > self.size:
             raise UploadConflict(f"upload of {self.sha256[:12]} sent more than its declared size of {self.size} bytes")
         self._file.write(chunk)
@@ -125,7 +199,7 @@ class Upload:
         self._store._release_upload(self.sha256)
 
     def commit(self) -> Path:
-        """Verify size and digest, make room under the cap, then atomically publish the blob."""
+        """Verify size and digest, then atomically publish the blob (its room was reserved at the start)."""
         try:
             self._file.flush()
             self._finish_hashing()  # before close: the hashing thread syncs this file descriptor
@@ -144,23 +218,54 @@ class Upload:
                     f"the {self.size} bytes received hash to {actual}, not the declared {self.sha256}; "
                     "nothing was stored: check the file and upload it again"
                 )
-            return self._store._publish(self.sha256, self._path, self.size)
+            return self._store._publish(self.sha256, self._path)
         finally:
             self.close()
 
 
+@dataclass
+class _Reservation:
+    """Room an upload in progress holds: `size` bytes of the cache cap, its unwritten bytes on the disk."""
+
+    size: int
+    offset: int
+    upload: Upload | None = None
+
+    def owed(self) -> int:
+        received = self.upload.received if self.upload is not None else 0
+        return max(0, self.size - self.offset - received)
+
+
 class ArtifactStore:
-    def __init__(self, root: Path, *, max_artifact_bytes: int, max_total_bytes: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_artifact_bytes: int,
+        max_total_bytes: int,
+        stale_partial_age_s: float = DEFAULT_STALE_PARTIAL_AGE_S,
+        disk_free: Callable[[Path], int] | None = None,
+    ) -> None:
+        """`disk_free(root)` says how many bytes are free on the store's disk (default: shutil.disk_usage)."""
         self.root = root
         self.max_artifact_bytes = max_artifact_bytes
         self.max_total_bytes = max_total_bytes
+        self.stale_partial_age_s = stale_partial_age_s
+        self._disk_free = disk_free or (lambda path: shutil.disk_usage(path).free)
         self._blobs = root / "blobs"
         self._partial = root / "partial"
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._partial.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._uploading: set[str] = set()
+        self._lock = threading.RLock()  # re-entered by remove_stale_partials from begin_upload and _publish
+        self._reserved: dict[str, _Reservation] = {}
         self._pins: Counter[str] = Counter()
+        #: Signature of each blob when it last hashed to its name (none yet: each is hashed at first use).
+        self._verified: dict[str, tuple[int, int, int, int, int]] = {}
+        #: Last use of each blob (ns) for LRU; kept in memory because touching the file would change its ctime.
+        self._used: dict[str, int] = {}
+        for blob in self._blobs.iterdir():  # stores written before blobs were made read-only
+            with contextlib.suppress(OSError):
+                blob.chmod(_READ_ONLY)
 
     # -------------------------------------------------------------- queries
 
@@ -182,26 +287,66 @@ class ArtifactStore:
 
     def committed_offset(self, sha256: str) -> int:
         part = self.part_path(sha256)
-        return part.stat().st_size if part.exists() else 0
+        try:
+            return part.stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def path_for_use(self, sha256: str) -> Path:
         """The blob's path, marked as just used (LRU). Raises ArtifactMissing if not stored."""
         path = self.blob_path(sha256)
-        try:
-            os.utime(path)
-        except FileNotFoundError:
+        if not path.is_file():
             raise ArtifactMissing(
                 f"artifact {sha256} is not on this agent; upload it first (FindMissingArtifacts, UploadArtifact)"
-            ) from None
+            )
+        with self._lock:
+            self._used[sha256] = time.time_ns()
         return path
 
-    def total_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self._blobs.iterdir() if p.is_file())
+    def used_bytes(self) -> int:
+        """What counts against `max_total_bytes`: blobs, part files no upload is writing, reservations."""
+        with self._lock:
+            blobs = sum(size for _, size, _ in self._entries(self._blobs.iterdir()))
+            return blobs + sum(size for _, size, _ in self._idle_parts()) + self._reserved_bytes()
+
+    def verify(self, path: Path) -> None:
+        """Check that blob `path` (from path_for_use) still holds the bytes its name is the digest of.
+
+        Re-hashes only when its signature differs from the one recorded when it last matched. A blob that no
+        longer matches, or changes while it is hashed, is removed (a new upload stores it again) and
+        ArtifactChanged is raised; a blob that is gone raises ArtifactMissing.
+        """
+        sha256 = check_digest(path.name)
+        if path != self.blob_path(sha256):
+            raise ValueError(f"{path} is not a blob of the store in {self.root}")
+        try:
+            before = _signature(path.stat())
+            with self._lock:
+                if self._verified.get(sha256) == before:
+                    return
+            actual = hash_file(path)
+            after = _signature(path.stat())
+        except FileNotFoundError:
+            raise ArtifactMissing(
+                f"artifact {sha256} is no longer on this agent (evicted, or removed because it changed on disk); "
+                "upload it again"
+            ) from None
+        with self._lock:
+            if actual == sha256 and after == before:
+                self._verified[sha256] = before
+                return
+            self._forget(sha256)
+            if after[:2] == before[:2]:  # the same file, not a new upload of the digest
+                path.unlink(missing_ok=True)
+        now = "changed while it was hashed" if actual == sha256 else f"now hashes to {actual}"
+        raise ArtifactChanged(
+            f"artifact {sha256} changed on disk since it was verified (it {now}); it was removed: upload it again"
+        )
 
     # -------------------------------------------------------------- uploads
 
     def begin_upload(self, sha256: str, size: int, offset: int) -> Upload | None:
-        """Start (offset 0) or resume an upload. Returns None when the artifact is already stored."""
+        """Start (offset 0) or resume an upload, reserving room for it. None when the artifact is stored."""
         check_digest(sha256)
         if self.has(sha256):
             return None
@@ -211,42 +356,66 @@ class ArtifactStore:
                 "bytes; raise --max-artifact-bytes on the agent or send a smaller model"
             )
         if size > self.max_total_bytes:
-            raise StoreFull(f"artifact of {size} bytes exceeds the whole cache cap of {self.max_total_bytes} bytes")
+            raise StoreFull(
+                f"artifact of {size} bytes exceeds the whole cache cap of {self.max_total_bytes} bytes; "
+                "raise --max-cache-bytes on the agent"
+            )
         with self._lock:
             # Checked first: while another call uploads, its part file (and so the offset) keeps moving.
-            if sha256 in self._uploading:
+            if sha256 in self._reserved:
                 raise UploadInProgress(
                     f"artifact {sha256[:12]} is already being uploaded by another call; retry once it is done"
                 )
-            self._uploading.add(sha256)
-        try:
+            self.remove_stale_partials(keep=sha256)
             committed = self.committed_offset(sha256)
-            if offset not in (0, committed):
+            if offset not in (0, committed) or offset > size:
                 raise UploadConflict(
                     f"upload of {sha256[:12]} asked to resume at offset {offset} but {committed} bytes are "
                     f"committed; resume from {committed} or restart from 0"
                 )
-            free = shutil.disk_usage(self.root).free
-            if size - offset + DISK_HEADROOM_BYTES > free:
-                raise StoreFull(
-                    f"not enough disk space for {size - offset} more bytes ({free} free in the agent's work "
-                    "directory); free some space or point --workdir at a larger disk"
-                )
-            return Upload(self, sha256, size, offset)
+            self._check_disk(size - offset)
+            self._make_room(size, resuming=sha256)
+            reservation = _Reservation(size, offset)
+            self._reserved[sha256] = reservation
+        try:
+            upload = Upload(self, sha256, size, offset)
         except BaseException:
             self._release_upload(sha256)
             raise
+        reservation.upload = upload
+        return upload
 
     def _release_upload(self, sha256: str) -> None:
         with self._lock:
-            self._uploading.discard(sha256)
+            self._reserved.pop(sha256, None)
 
-    def _publish(self, sha256: str, part: Path, size: int) -> Path:
+    def _publish(self, sha256: str, part: Path) -> Path:
         with self._lock:
-            self._evict_for(size)
+            part.chmod(_READ_ONLY)
             target = self._blobs / sha256
+            # Never replaces a blob: begin_upload refuses stored digests and runs one upload per digest.
             os.replace(part, target)
+            # Its room moves from the reservation to the blob in one step. It was hashed as received, not as
+            # stored, so verify() hashes the stored bytes at first use.
+            self._reserved.pop(sha256, None)
+            self._verified.pop(sha256, None)
+            self._used[sha256] = time.time_ns()
+            self.remove_stale_partials()
         return target
+
+    def _reserved_bytes(self) -> int:
+        return sum(r.size for r in self._reserved.values())
+
+    def _check_disk(self, need: int) -> None:
+        """Refuse an upload the disk cannot hold next to what the uploads in progress still owe. Holds lock."""
+        free = self._disk_free(self.root)
+        owed = sum(r.owed() for r in self._reserved.values())
+        if need + owed + DISK_HEADROOM_BYTES > free:
+            raise StoreFull(
+                f"not enough disk space for {need} more bytes: {free} bytes are free in the agent's work "
+                f"directory, {owed} of them promised to uploads in progress, and {DISK_HEADROOM_BYTES} are kept "
+                "free; retry when those uploads are done, free some space or point --workdir at a larger disk"
+            )
 
     # -------------------------------------------------------------- eviction
 
@@ -260,29 +429,60 @@ class ArtifactStore:
             self._pins.subtract(digests)
             self._pins += Counter()
 
-    def _evict_for(self, incoming: int) -> None:
-        """Evict least recently used, unpinned blobs until `incoming` more bytes fit. Caller holds the lock."""
-        blobs = [(p.stat().st_mtime_ns, p.stat().st_size, p) for p in self._blobs.iterdir() if p.is_file()]
-        total = sum(size for _, size, _ in blobs)
-        for _, size, path in sorted(blobs):
-            if total + incoming <= self.max_total_bytes:
-                break
-            if self._pins[path.name]:
-                continue
-            path.unlink(missing_ok=True)
-            total -= size
-        if total + incoming > self.max_total_bytes:
-            raise StoreFull(
-                f"cache cap of {self.max_total_bytes} bytes is full of artifacts that queued or running jobs "
-                "need; retry when they finish or raise --max-cache-bytes"
-            )
+    @staticmethod
+    def _entries(paths: Iterable[Path]) -> list[tuple[int, int, Path]]:
+        """(mtime_ns, size, path) of the regular files among `paths`; files that vanish are skipped."""
+        out = []
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                st = path.lstat()
+                if stat.S_ISREG(st.st_mode):
+                    out.append((st.st_mtime_ns, st.st_size, path))
+        return out
 
-    def remove_stale_partials(self, older_than_s: float = 24 * 3600) -> int:
-        """Drop part files nobody resumed for a day (run at start-up)."""
-        now = time.time()
-        removed = 0
-        for part in self._partial.glob("*.part"):
-            if now - part.stat().st_mtime > older_than_s:
-                part.unlink(missing_ok=True)
-                removed += 1
-        return removed
+    def _idle_parts(self, resuming: str = "") -> list[tuple[int, int, Path]]:
+        """Part files no upload is writing (nor `resuming`, which is about to be), by last write. Holds lock."""
+        busy = {f"{sha}.part" for sha in (*self._reserved, resuming) if sha}
+        return [e for e in self._entries(self._partial.glob("*.part")) if e[2].name not in busy]
+
+    def _make_room(self, need: int, resuming: str) -> None:
+        """Evict least recently used unpinned blobs and idle part files until `need` more bytes fit under the
+        cap; evict nothing and raise StoreFull if even that would not be enough. Holds lock."""
+        candidates: list[tuple[int, int, Path]] = []
+        held = reserved = self._reserved_bytes()
+        for mtime, size, path in self._entries(self._blobs.iterdir()):
+            if self._pins[path.name]:
+                held += size
+            else:
+                candidates.append((self._used.get(path.name, mtime), size, path))
+        candidates += self._idle_parts(resuming)
+        total = held + sum(size for _, size, _ in candidates)
+        if total + need <= self.max_total_bytes:
+            return
+        if held + need > self.max_total_bytes:
+            raise StoreFull(
+                f"cache cap of {self.max_total_bytes} bytes cannot fit {need} more: {held - reserved} bytes are "
+                f"artifacts that queued or running jobs need and {reserved} are reserved by uploads in progress; "
+                "retry when they finish or raise --max-cache-bytes"
+            )
+        for _, size, path in sorted(candidates, key=lambda e: e[0]):
+            if total + need <= self.max_total_bytes:
+                break
+            path.unlink(missing_ok=True)
+            self._forget(path.name)  # a part file's name is no digest: nothing to forget
+            total -= size
+
+    def _forget(self, sha256: str) -> None:
+        self._verified.pop(sha256, None)
+        self._used.pop(sha256, None)
+
+    def remove_stale_partials(self, older_than_s: float | None = None, keep: str = "") -> int:
+        """Drop part files that no upload is writing (nor `keep`'s, resuming now) and nobody wrote to for
+        `older_than_s` (default: the store's `stale_partial_age_s`). Returns how many were removed."""
+        age = self.stale_partial_age_s if older_than_s is None else older_than_s
+        with self._lock:
+            cutoff = time.time_ns() - int(age * 1e9)
+            stale = [path for mtime, _, path in self._idle_parts(keep) if mtime <= cutoff]
+            for path in stale:
+                path.unlink(missing_ok=True)
+        return len(stale)

@@ -170,6 +170,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             model=self._store.path_for_use(job.model.sha256),
             dataset=self._store.path_for_use(job.inputs.dataset_sha256) if job.inputs.dataset_sha256 else None,
             companions=tuple((c.name, self._store.path_for_use(c.sha256)) for c in job.model.companions),
+            # Hashing is left to the job thread, just before the job starts: a job running now is not disturbed.
+            verify=self._store.verify,
         )
         return files, digests
 

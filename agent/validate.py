@@ -10,14 +10,48 @@ from __future__ import annotations
 import re
 
 from agent.artifacts import SHA256_RE
+from agent.runner import MODEL_SUFFIX
 from agent.runtimes import REGISTRY
-from agent.types import BenchmarkJob
+from agent.runtimes.coreml import PACKAGE_DIRNAME
+from agent.types import BenchmarkJob, CompanionFile
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9._:@/-]{1,200}$")
 COMPANION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,200}$")
 MAX_ITERATIONS = 1_000_000
 MAX_BATCH = 65_536
 MAX_GENERATED_BATCHES = 256
+#: Names the job folder already uses, whatever the model's format: the model file (`model<suffix>`) and the
+#: folder a Core ML package is unpacked to. A companion under one of them would be linked over the model.
+RESERVED_NAMES = frozenset({f"model{suffix}" for suffix in MODEL_SUFFIX.values()} | {PACKAGE_DIRNAME})
+
+
+def _name_key(name: str) -> str:
+    """The name as a case-insensitive filesystem (macOS, Windows) sees it; Windows also drops trailing dots."""
+    return name.lower().rstrip(".")
+
+
+def companion_problems(companions: tuple[CompanionFile, ...]) -> list[str]:
+    """Companion names must be plain file names, distinct from each other and from the model file's name,
+    also when compared case-insensitively (two names for one file on macOS or Windows)."""
+    problems: list[str] = []
+    reserved = {_name_key(n) for n in RESERVED_NAMES}
+    seen: dict[str, str] = {}
+    for c in companions:
+        if not COMPANION_RE.fullmatch(c.name) or ".." in c.name:
+            problems.append(f"companion file name {c.name[:60]!r} must be a plain file name (no directories, no '..')")
+        elif _name_key(c.name) in reserved:
+            problems.append(
+                f"companion file name {c.name[:60]!r} is taken by the model file itself (the agent names it "
+                f"model<format suffix>: {', '.join(sorted(RESERVED_NAMES))}); rename the companion"
+            )
+        elif (first := seen.get(_name_key(c.name))) is not None:
+            same = "twice" if first == c.name else f"and {first[:60]!r}, one file on a case-insensitive filesystem"
+            problems.append(f"companion file name {c.name[:60]!r} is declared {same}; give each companion its own name")
+        else:
+            seen[_name_key(c.name)] = c.name
+        if not SHA256_RE.fullmatch(c.sha256):
+            problems.append(f"companion {c.name[:60]!r} sha256 is not a sha256 digest")
+    return problems
 
 
 def validate_job(job: BenchmarkJob) -> list[str]:
@@ -26,11 +60,7 @@ def validate_job(job: BenchmarkJob) -> list[str]:
         problems.append("job_id must be 1-200 characters of letters, digits and ._:@/-")
     if not SHA256_RE.fullmatch(job.model.sha256):
         problems.append("model.sha256 must be a sha256 digest (64 lowercase hex characters)")
-    for c in job.model.companions:
-        if not COMPANION_RE.fullmatch(c.name) or ".." in c.name:
-            problems.append(f"companion file name {c.name[:60]!r} must be a plain file name (no directories, no '..')")
-        if not SHA256_RE.fullmatch(c.sha256):
-            problems.append(f"companion {c.name[:60]!r} sha256 is not a sha256 digest")
+    problems += companion_problems(job.model.companions)
     if job.runtime.name not in REGISTRY:
         problems.append(f"unknown runtime {job.runtime.name!r}; valid runtimes: {', '.join(sorted(REGISTRY))}")
     if job.runtime.intra_op_threads > 1024 or job.runtime.inter_op_threads > 1024:

@@ -148,3 +148,57 @@ def test_every_problem_is_reported_at_once() -> None:
 )
 def test_trailing_newline_is_rejected(job: BenchmarkJob) -> None:
     assert validate_job(job) != []
+
+
+def with_companions(*names: str, fmt: ModelFormat = ModelFormat.ONNX) -> BenchmarkJob:
+    return make_job(model=ModelRef(SHA, fmt, tuple(CompanionFile(n, DATASET_SHA) for n in names)))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "model.onnx",
+        "MODEL.ONNX",  # one file with model.onnx on macOS and Windows
+        "Model.Onnx",
+        "model.onnx.",  # Windows drops trailing dots
+        "model.xml",
+        "model.tflite",
+        "model.pt2",
+        "model.json",
+        "model.mlpackage.zip",
+        "model.mlpackage",  # where a Core ML package is unpacked
+    ],
+)
+def test_companion_named_like_the_model_file_is_refused(name: str) -> None:
+    """F1: such a companion was linked, then copied, over the model's hard link: into the stored blob."""
+    problems = validate_job(with_companions("weights.bin", name))
+    assert len(problems) == 1, problems
+    assert f"companion file name {name!r} is taken by the model file itself" in problems[0]
+    assert "rename the companion" in problems[0]
+
+
+def test_a_name_reserved_for_one_format_is_refused_for_every_format() -> None:
+    assert validate_job(with_companions("model.onnx", fmt=ModelFormat.OPENVINO_IR)) != []
+    assert validate_job(with_companions("model.xml", fmt=ModelFormat.ONNX)) != []
+
+
+@pytest.mark.parametrize(
+    "names", [("model.bin",), ("model.onnx.data", "model.bin"), ("modelx.onnx",), ("weights.bin",)]
+)
+def test_other_model_names_stay_valid(names: tuple[str, ...]) -> None:
+    """An OpenVINO IR's weights arrive as the companion model.bin; ONNX external data is often model.onnx.data."""
+    assert validate_job(with_companions(*names, fmt=ModelFormat.OPENVINO_IR)) == []
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (("w.bin", "w.bin"), "'w.bin' is declared twice"),
+        (("w.bin", "W.BIN"), "'W.BIN' is declared and 'w.bin', one file on a case-insensitive filesystem"),
+        (("w.bin", "w.bin."), "'w.bin.' is declared and 'w.bin'"),
+    ],
+)
+def test_duplicate_companion_names_are_refused(names: tuple[str, ...], expected: str) -> None:
+    problems = validate_job(with_companions(*names))
+    assert len(problems) == 1, problems
+    assert expected in problems[0] and "give each companion its own name" in problems[0]
