@@ -117,6 +117,10 @@ def serve_one(event_fd: int, features: frozenset[str], state: Confinement) -> in
     if envelope.get("cpu_affinity") and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, envelope["cpu_affinity"])  # before any runtime sizes its thread pool
     job = decode(BenchmarkJob, envelope["job"])
+    if envelope.get("fault_injection"):
+        from agent.runtimes import faults
+
+        faults.ENABLED = True
     model_path = Path(envelope["model_path"])
     dataset_path = Path(envelope["dataset_path"]) if envelope.get("dataset_path") else None
     folder = Path(envelope["job_folder"]) if envelope.get("job_folder") else model_path.parent
@@ -129,6 +133,8 @@ def serve_one(event_fd: int, features: frozenset[str], state: Confinement) -> in
         readonly_files=tuple(p for p in folder.iterdir() if p.is_file()),
         shared_dirs=tuple(Path(p) for p in envelope.get("shared_dirs", ())),
     )
+    # Runtimes that write caches or temporary files (HOME, TMPDIR) write them here, the one writable place.
+    os.environ["HOME"] = os.environ["TMPDIR"] = str(folder)
     with os.fdopen(event_fd, "w", encoding="utf-8") as stream:
         events = EventWriter(stream)
         # Sent before anything the client sent is opened: the agent believes this event, and only this one.

@@ -85,6 +85,8 @@ class RunnerConfig:
     cgroup_root: Path | None = None
     #: Files a job must never read (token, TLS key and certificate, config file): hidden in its sandbox.
     secret_paths: tuple[Path, ...] = ()
+    #: Let jobs ask the null runtime for hostile behaviours (agent.runtimes.faults): tests of the sandbox only.
+    fault_injection: bool = False
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -202,6 +204,7 @@ class JobRunner:
                 "workdir": str(self.jobs_dir.parent),
                 "secrets": [str(p) for p in self.config.secret_paths],
                 "shared_dirs": [str(self.jobs_dir / name) for name in SHARED_JOB_DIRS],
+                "fault_injection": self.config.fault_injection,
             }
         ).encode()
 

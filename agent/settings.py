@@ -96,6 +96,9 @@ class AgentSettings:
     cpu_affinity: str = ""
     #: Keep the next job's process started in advance (off the job's critical path); costs its idle memory.
     prestart_job_process: bool = True
+    #: Let jobs ask the null runtime for hostile behaviours (agent.runtimes.faults). For tests of the
+    #: sandbox only: never on a device someone else can send jobs to.
+    fault_injection: bool = False
     #: The TOML file these settings were read from (command line only): a secret jobs must not read.
     config_file: Path | None = None
 

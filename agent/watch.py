@@ -26,7 +26,8 @@ from typing import Any
 
 from agent.types import JobPhase
 
-MAX_LINE_BYTES = 64 * 2**20
+#: A result with the 1,000,000-sample cap is ~13 MB of JSON (samples of up to 11 digits, plus the rest).
+MAX_LINE_BYTES = 24 * 2**20
 PROGRESS_PER_S = 20
 MAX_PHASE_CHANGES = 64
 MAX_MESSAGE_CHARS = 500

@@ -7,7 +7,8 @@ fidelity passes have something real to compute. Options (RuntimeConfig.options) 
 fault tests need: `latency_ns` (busy-wait per run), `sleep_ns` (sleep per run: a device whose accelerator
 does the work while the host CPU waits, used to simulate many devices on one machine), `load_ns`
 (busy-wait at load), `allocate_mb` (memory
-touched at load), `crash` ("load" or "run": the process aborts), `hang_s` (sleep at load).
+touched at load), `crash` ("load" or "run": the process aborts), `hang_s` (sleep at load), `hostile`
+(a hostile behaviour from agent.runtimes.faults, on agents started with --fault-injection only).
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ class NullSession(DeclaredIO):
         return ("null",)
 
     def details(self) -> Mapping[str, str]:
-        return {"latency_ns": str(self._latency_ns)}
+        from agent.runtimes.faults import FINDINGS
+
+        return {"latency_ns": str(self._latency_ns), **FINDINGS}
 
     def close(self) -> None:
         self._ballast = None
@@ -95,6 +98,10 @@ class NullBackend:
         pass
 
     def load(self, model_path: Path, config: RuntimeConfig) -> NullSession:
+        if hostile := config.option("hostile"):
+            from agent.runtimes import faults
+
+            faults.act(hostile, model_path)
         crash = config.option("crash")
         if crash == "load":
             os.abort()
