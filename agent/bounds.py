@@ -57,17 +57,17 @@ class Slots:
         """Take one slot for every key and one of the total; return None, or why not (nothing is taken)."""
         lim = self.limit
         with self._lock:
+            if self._total >= lim.total:
+                return (
+                    f"too many open {lim.what} on this agent: {self._total} already open, the limit is "
+                    f"{lim.total} ({lim.total_flag}); retry later or raise the limit"
+                )
             for key in keys:
                 if self._per_key[key] >= lim.per_client:
                     return (
                         f"too many open {lim.what} from this client ({key}): {self._per_key[key]} already open, "
                         f"the limit is {lim.per_client} ({lim.per_client_flag}); close some or raise the limit"
                     )
-            if self._total >= lim.total:
-                return (
-                    f"too many open {lim.what} on this agent: {self._total} already open, the limit is "
-                    f"{lim.total} ({lim.total_flag}); retry later or raise the limit"
-                )
             for key in keys:
                 self._per_key[key] += 1
             self._total += 1
