@@ -1,8 +1,9 @@
 """A scriptable fake agent: a real gRPC AgentService server on 127.0.0.1:0 inside the test process.
 
 It speaks whatever a test tells it to: any protocol version, any device strings, any result (a callable
-builds the `pb.BenchmarkResult` for each job), refusals and broken streams. The coordinator treats
-agents as untrusted, so these are the inputs its validation must survive.
+builds the `pb.BenchmarkResult` for each job), any stream of progress (hostile strings, floods), refusals,
+broken streams, and uploads that fail their digest check. The coordinator treats agents as untrusted, so
+these are the inputs its validation must survive.
 
     agent = FakeAgent(token="t", result=lambda job: good_result(job, message="hi"))
     with serve(agent) as address:
@@ -11,9 +12,10 @@ agents as untrusted, so these are the inputs its validation must survive.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ from protos.edgebench.agent.v1 import agent_pb2 as pb
 from protos.edgebench.agent.v1 import agent_pb2_grpc as pb_grpc
 
 ResultFn = Callable[[pb.BenchmarkJob], pb.BenchmarkResult]
+ProgressFn = Callable[[pb.BenchmarkJob], Iterable[pb.JobProgress]]
 
 
 def runtime(name: str, *formats: int, version: str = "1.0.0", available: bool = True) -> pb.RuntimeInfo:
@@ -117,6 +120,19 @@ class FakeAgent(pb_grpc.AgentServiceServicer):
     info: pb.DeviceInfo = field(default_factory=device_info)
     #: Builds the one result RunBenchmark streams after `accepted`.
     result: ResultFn = good_result
+    #: The progress events streamed between `accepted` and the result (default: one MEASURING event).
+    progress: ProgressFn | None = None
+    #: The artifacts the agent holds; None: it holds everything (no upload is ever asked for). With a set,
+    #: FindMissingArtifacts answers what is not in it, and an upload that starts at offset 0 and hashes to
+    #: its declared sha256 is added to it; any other upload is answered DATA_LOSS and its bytes discarded.
+    stored: set[str] | None = None
+    #: The committed offset GetUploadStatus reports for an artifact it lacks (a partial upload from before,
+    #: damaged: resuming from it ends in DATA_LOSS). Reset to 0 by a DATA_LOSS, as the real agent does.
+    partial_bytes: int = 0
+    #: Answers for the next uploads, one each (after reading the stream), before the rules above apply.
+    upload_faults: list[tuple[grpc.StatusCode, str]] = field(default_factory=list)
+    #: (sha256, header offset, bytes received) of every upload, in order.
+    uploads: list[tuple[str, int, int]] = field(default_factory=list)
     #: Abort RunBenchmark with this before accepting (the agent refuses the job).
     refuse: tuple[grpc.StatusCode, str] | None = None
     #: Abort RunBenchmark with this after accepting (the stream breaks mid-job).
@@ -149,23 +165,44 @@ class FakeAgent(pb_grpc.AgentServiceServicer):
 
     def FindMissingArtifacts(self, request: pb.FindMissingArtifactsRequest, context: grpc.ServicerContext) -> Any:
         self._enter("FindMissingArtifacts", context)
-        return pb.FindMissingArtifactsResponse(missing_sha256=[])
+        with self._lock:
+            held = self.stored
+            missing = [] if held is None else [d for d in request.sha256 if d not in held]
+        return pb.FindMissingArtifactsResponse(missing_sha256=missing)
 
     def GetUploadStatus(self, request: pb.GetUploadStatusRequest, context: grpc.ServicerContext) -> Any:
         self._enter("GetUploadStatus", context)
-        return pb.GetUploadStatusResponse(complete=True)
+        with self._lock:
+            if self.stored is None or request.sha256 in self.stored:
+                return pb.GetUploadStatusResponse(complete=True)
+            return pb.GetUploadStatusResponse(committed_offset_bytes=self.partial_bytes)
 
     def UploadArtifact(
         self, request_iterator: Iterator[pb.UploadArtifactRequest], context: grpc.ServicerContext
     ) -> Any:
         self._enter("UploadArtifact", context)
         header = pb.ArtifactHeader()
+        digest = hashlib.sha256()
         received = 0
         for message in request_iterator:
             if message.WhichOneof("payload") == "header":
                 header.CopyFrom(message.header)
             else:
+                digest.update(message.chunk)
                 received += len(message.chunk)
+        with self._lock:
+            self.uploads.append((header.sha256, header.offset_bytes, received))
+            fault = self.upload_faults.pop(0) if self.upload_faults else None
+            if fault is None and self.stored is not None:
+                whole = header.offset_bytes == 0 and received == header.size_bytes
+                if whole and digest.hexdigest() == header.sha256:
+                    self.stored.add(header.sha256)
+                else:
+                    fault = (grpc.StatusCode.DATA_LOSS, f"the bytes received do not hash to {header.sha256}")
+            if fault is not None and fault[0] == grpc.StatusCode.DATA_LOSS:
+                self.partial_bytes = 0  # nothing of a failed upload is kept
+        if fault is not None:
+            context.abort(*fault)
         return pb.UploadArtifactResponse(sha256=header.sha256, size_bytes=header.size_bytes, received_bytes=received)
 
     def RunBenchmark(self, request: pb.RunBenchmarkRequest, context: grpc.ServicerContext) -> Iterator[Any]:
@@ -174,9 +211,15 @@ class FakeAgent(pb_grpc.AgentServiceServicer):
         if self.refuse is not None:
             context.abort(*self.refuse)
         yield pb.RunBenchmarkResponse(job_id=job.job_id, accepted=pb.JobAccepted(queue_position=0))
-        yield pb.RunBenchmarkResponse(
-            job_id=job.job_id, progress=pb.JobProgress(phase=pb.JOB_PHASE_MEASURING, iterations_done=1)
-        )
+        if self.progress is None:
+            yield pb.RunBenchmarkResponse(
+                job_id=job.job_id, progress=pb.JobProgress(phase=pb.JOB_PHASE_MEASURING, iterations_done=1)
+            )
+        else:
+            for progress in self.progress(job):
+                if not context.is_active():
+                    return  # the coordinator went away: stop flooding
+                yield pb.RunBenchmarkResponse(job_id=job.job_id, progress=progress)
         if self.break_stream is not None:
             context.abort(*self.break_stream)
         if self.no_result:

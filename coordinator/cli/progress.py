@@ -96,6 +96,7 @@ class LiveProgress:
                         markup=False,
                         highlight=False,
                         emoji=False,
+                        soft_wrap=True,  # one log line per job, as sent (the terminal wraps it)
                     )
 
     def __rich__(self) -> Any:
@@ -109,7 +110,8 @@ class LiveProgress:
             rows = [
                 (
                     name,
-                    f"{line.done}/{line.total}" + (f" ({line.failed} not ok)" if line.failed else ""),
+                    (f"{line.done}/{line.total}" if line.total else str(line.done))
+                    + (f" ({line.failed} not ok)" if line.failed else ""),
                     line.state,
                     line.job,
                     line.phase,

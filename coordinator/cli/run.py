@@ -170,11 +170,7 @@ def summary_table(console: Console, run: RunData) -> None:
     console.print(table)
     unfinished = sum(not j.status.final for j in run.jobs)
     console.print(
-        text(
-            f"run id: {run.spec.run_id}   report: edgebench report {run.spec.run_id} --format html -o report.html"
-        )
+        text(f"run id: {run.spec.run_id}   report: edgebench report {run.spec.run_id} --format html -o report.html")
     )
     if unfinished:
-        console.print(
-            text(f"{unfinished} job(s) without a final result: edgebench run --resume {run.spec.run_id}")
-        )
+        console.print(text(f"{unfinished} job(s) without a final result: edgebench run --resume {run.spec.run_id}"))

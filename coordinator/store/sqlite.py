@@ -125,9 +125,7 @@ class Store:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = sqlite3.connect(
-                    self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-                )
+                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
                 _enable_wal(conn)
                 # FULL: a committed result survives power loss too, not only a killed coordinator.
                 conn.execute("PRAGMA synchronous=FULL")
