@@ -41,12 +41,16 @@ def companion_problems(companions: tuple[CompanionFile, ...]) -> list[str]:
             problems.append(f"companion file name {c.name[:60]!r} must be a plain file name (no directories, no '..')")
         elif _name_key(c.name) in reserved:
             problems.append(
-                f"companion file name {c.name[:60]!r} is taken by the model file itself (the agent names it "
-                f"model<format suffix>: {', '.join(sorted(RESERVED_NAMES))}); rename the companion"
+                f"companion file name {c.name[:60]!r} is reserved for the model itself in the job's folder "
+                f"({', '.join(sorted(RESERVED_NAMES))}, in any letter case); rename the companion"
             )
         elif (first := seen.get(_name_key(c.name))) is not None:
-            same = "twice" if first == c.name else f"and {first[:60]!r}, one file on a case-insensitive filesystem"
-            problems.append(f"companion file name {c.name[:60]!r} is declared {same}; give each companion its own name")
+            what = (
+                f"file name {c.name[:60]!r} is declared twice"
+                if first == c.name
+                else f"file names {first[:60]!r} and {c.name[:60]!r} are one file on a case-insensitive filesystem"
+            )
+            problems.append(f"companion {what}; give each companion its own name")
         else:
             seen[_name_key(c.name)] = c.name
         if not SHA256_RE.fullmatch(c.sha256):

@@ -90,10 +90,10 @@ def shas(agent: LocalAgent, models: dict[str, Path]) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("companions", "expected"),
     [
-        (["model.onnx"], "companion file name 'model.onnx' is taken by the model file itself"),
-        (["MODEL.onnx"], "companion file name 'MODEL.onnx' is taken by the model file itself"),
+        (["model.onnx"], "companion file name 'model.onnx' is reserved for the model itself"),
+        (["MODEL.onnx"], "companion file name 'MODEL.onnx' is reserved for the model itself"),
         (["w.bin", "w.bin"], "companion file name 'w.bin' is declared twice"),
-        (["w.bin", "W.bin"], "'W.bin' is declared and 'w.bin', one file on a case-insensitive filesystem"),
+        (["w.bin", "W.bin"], "file names 'w.bin' and 'W.bin' are one file on a case-insensitive filesystem"),
     ],
 )
 def test_companion_that_would_overwrite_the_model_is_refused(

@@ -173,7 +173,7 @@ def test_companion_named_like_the_model_file_is_refused(name: str) -> None:
     """F1: such a companion was linked, then copied, over the model's hard link: into the stored blob."""
     problems = validate_job(with_companions("weights.bin", name))
     assert len(problems) == 1, problems
-    assert f"companion file name {name!r} is taken by the model file itself" in problems[0]
+    assert f"companion file name {name!r} is reserved for the model itself in the job's folder" in problems[0]
     assert "rename the companion" in problems[0]
 
 
@@ -193,9 +193,9 @@ def test_other_model_names_stay_valid(names: tuple[str, ...]) -> None:
 @pytest.mark.parametrize(
     ("names", "expected"),
     [
-        (("w.bin", "w.bin"), "'w.bin' is declared twice"),
-        (("w.bin", "W.BIN"), "'W.BIN' is declared and 'w.bin', one file on a case-insensitive filesystem"),
-        (("w.bin", "w.bin."), "'w.bin.' is declared and 'w.bin'"),
+        (("w.bin", "w.bin"), "file name 'w.bin' is declared twice"),
+        (("w.bin", "W.BIN"), "file names 'w.bin' and 'W.BIN' are one file on a case-insensitive filesystem"),
+        (("w.bin", "w.bin."), "file names 'w.bin' and 'w.bin.' are one file"),
     ],
 )
 def test_duplicate_companion_names_are_refused(names: tuple[str, ...], expected: str) -> None:
