@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import signal
 import sys
 import threading
 import time
@@ -26,17 +25,13 @@ from pathlib import Path
 import agent
 from agent import jobprocess
 from agent.jobprocess import JobProcess, JobProcessPool
-from agent.jobspec import decode, to_jsonable
+from agent.jobspec import to_jsonable
 from agent.sandbox import policy
 from agent.sandbox.cgroup import JobCgroup
 from agent.sandbox.tree import JobTree, Subreaper
-from agent.types import BenchmarkJob, BenchmarkResult, BenchmarkStatus, JobPhase, ModelFormat, Provenance
-from agent.watch import EventReader
+from agent.supervise import Supervisor, mb
+from agent.types import BenchmarkJob, BenchmarkResult, JobPhase, ModelFormat
 
-WATCH_INTERVAL_S = policy.WATCH_INTERVAL_MS / 1000
-#: How long the agent waits for a killed job's processes to be gone before it reports the job anyway.
-KILL_GRACE_S = 5.0
-DIAGNOSTICS_CHARS = 4000
 MODEL_SUFFIX = {
     ModelFormat.ONNX: ".onnx",
     ModelFormat.OPENVINO_IR: ".xml",
@@ -97,10 +92,6 @@ def _link(src: Path, dst: Path) -> None:
     link_or_copy(src, dst)
 
 
-def _mb(n: int) -> str:
-    return f"{n / 2**20:.0f} MiB"
-
-
 class JobRunner:
     def __init__(self, jobs_dir: Path, config: RunnerConfig) -> None:
         self.jobs_dir = jobs_dir
@@ -108,12 +99,12 @@ class JobRunner:
         jobs_dir.mkdir(parents=True, exist_ok=True)
         for name in SHARED_JOB_DIRS:
             (jobs_dir / name).mkdir(exist_ok=True)
-        self._reaper = Subreaper(lambda: jobprocess.STARTED)
+        self.reaper = Subreaper(lambda: jobprocess.STARTED)
         self.sandbox = policy.prepare(
             config.sandbox,
             jobs_dir,
             config.cgroup_root,
-            "subreaper: orphaned processes are re-parented to the agent" if self._reaper.enabled else "",
+            "subreaper: orphaned processes are re-parented to the agent" if self.reaper.enabled else "",
         )
         self._pool = JobProcessPool(
             jobs_dir, prestart=config.prestart, python=config.python, sandbox=self.sandbox.features
@@ -170,8 +161,8 @@ class JobRunner:
         if c.max_memory_bytes and (memory == 0 or memory > c.max_memory_bytes):
             if memory:
                 notes.append(
-                    f"memory limit capped at the agent's ceiling of {_mb(c.max_memory_bytes)} "
-                    f"(asked {_mb(memory)}; --max-job-memory-mb on the agent)"
+                    f"memory limit capped at the agent's ceiling of {mb(c.max_memory_bytes)} "
+                    f"(asked {mb(memory)}; --max-job-memory-mb on the agent)"
                 )
             memory = c.max_memory_bytes
         return wall, memory, notes
@@ -246,174 +237,3 @@ class JobRunner:
             return cgroup
         except OSError:
             return None  # the watchdog and the namespaces still apply; the result's controls say so
-
-
-def failed_result(
-    job: BenchmarkJob, status: BenchmarkStatus, message: str, started: int, diagnostics: str
-) -> BenchmarkResult:
-    return BenchmarkResult(
-        job_id=job.job_id,
-        status=status,
-        message=message,
-        started_at_ns=started,
-        finished_at_ns=time.time_ns(),
-        diagnostics=diagnostics,
-        provenance=Provenance(
-            runtime_name=job.runtime.name,
-            model_sha256=job.model.sha256,
-            dataset_sha256=job.inputs.dataset_sha256,
-            batch_size=job.inputs.batch_size,
-            intra_op_threads=job.runtime.intra_op_threads,
-            inter_op_threads=job.runtime.inter_op_threads,
-            precision_hint=job.runtime.precision_hint,
-        ),
-    )
-
-
-def signal_name(number: int) -> str:
-    """A signal's name, including the real-time ones Python's enum does not list (SIGRTMIN+3)."""
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        low, high = getattr(signal, "SIGRTMIN", 34), getattr(signal, "SIGRTMAX", 64)
-        if low <= number <= high:
-            return f"SIGRTMIN+{number - low}"
-        return f"signal {number}"
-
-
-class Supervisor:
-    """Watches one job process until every process of the job is gone, enforcing its limits all along."""
-
-    def __init__(
-        self,
-        runner: JobRunner,
-        job: BenchmarkJob,
-        child: JobProcess,
-        cgroup: JobCgroup | None,
-        progress: Progress,
-        cancel: threading.Event,
-        started: int,
-    ) -> None:
-        self.runner, self.job, self.child, self.cgroup = runner, job, child, cgroup
-        self.cancel, self.started = cancel, started
-        self.wall_ns, self.mem_limit, self.notes = runner.limits(job)
-        reaper = runner._reaper
-        self.tree = JobTree(child.proc.pid, cgroup, reaper.adopted if reaper.enabled else None)
-        self.kernel_limits = cgroup.limit(self.mem_limit, policy.PIDS_MAX) if cgroup else []
-        self.reader = EventReader(child.event_fd, progress)
-        self.killed_for: str | None = None
-
-    def _check(self, deadline: float) -> str | None:
-        if self.cancel.is_set():
-            return "cancel"
-        if time.monotonic() > deadline:
-            return "timeout"
-        rss, count = self.tree.sample()
-        if self.mem_limit and rss > self.mem_limit:
-            return "memory"
-        if self.cgroup is not None and "memory.max" in self.kernel_limits and self.cgroup.oom_kills():
-            return "memory"
-        if count > policy.MAX_JOB_PROCESSES:
-            return "processes"
-        if self.reader.error:
-            return "protocol"
-        return None
-
-    def watch(self) -> BenchmarkResult:
-        proc = self.child.proc
-        deadline = time.monotonic() + self.wall_ns / 1e9
-        killed_at = 0.0
-        try:
-            while True:
-                self.reader.pump(WATCH_INTERVAL_S)
-                exited = proc.poll() is not None
-                if self.killed_for is None and not exited:
-                    self.killed_for = self._check(deadline)
-                    if self.killed_for:
-                        killed_at = time.monotonic()
-                        self.tree.kill()
-                if exited:
-                    break
-                if self.killed_for and time.monotonic() - killed_at > KILL_GRACE_S:
-                    break  # reported now; the finally below keeps killing
-                if self.killed_for:
-                    self.tree.kill()
-        finally:
-            # Whatever the job left behind (lingering children, escaped daemons) goes with it.
-            self.tree.kill()
-            self.runner._reaper.reap()
-            self.reader.drain(1.0)
-            self.reader.close()
-            self.child.kill()
-        return self._result(proc.wait(timeout=KILL_GRACE_S))
-
-    def _result(self, code: int) -> BenchmarkResult:
-        result = self._classify(code)
-        sandbox = self.reader.sandbox or {}
-        enforced: dict[object, object] = sandbox["enforced"] if isinstance(sandbox.get("enforced"), dict) else {}
-        missing: dict[object, object] = sandbox["missing"] if isinstance(sandbox.get("missing"), dict) else {}
-        controls = self.runner.sandbox.controls(
-            {str(k): str(v)[:300] for k, v in enforced.items()} if self.reader.sandbox else {},
-            {str(k): str(v)[:300] for k, v in missing.items()},
-        )
-        if self.cgroup is None and self.runner.sandbox.cgroups is not None:
-            controls = tuple(
-                dataclasses.replace(c, detail=c.detail + " (job cgroup could not be created)")
-                if c.name == "processes" else c
-                for c in controls
-            )
-        message = "; ".join([m for m in (result.message, *self.notes) if m])
-        provenance = dataclasses.replace(result.provenance, sandbox=controls)
-        return dataclasses.replace(result, message=message, provenance=provenance)
-
-    def _classify(self, code: int) -> BenchmarkResult:
-        job, reader = self.job, self.reader
-        log_path = self.child.log_path
-
-        def failed(status: BenchmarkStatus, message: str) -> BenchmarkResult:
-            tail = log_path.read_text(errors="replace")[-DIAGNOSTICS_CHARS:] if log_path.exists() else ""
-            return failed_result(job, status, message, self.started, tail)
-
-        phase = reader.phase.value.replace("_", " ")
-        if self.killed_for == "cancel":
-            return failed(BenchmarkStatus.CANCELLED, f"cancelled by the client during {phase}")
-        if self.killed_for == "timeout":
-            return failed(
-                BenchmarkStatus.TIMEOUT,
-                f"job exceeded its wall-time limit of {self.wall_ns / 1e9:g} s during {phase} and was killed; "
-                "raise the job's time limit or lower its max duration",
-            )
-        if self.killed_for == "memory":
-            how = "the kernel's cgroup limit" if self.cgroup and self.cgroup.oom_kills() else "the agent's watchdog"
-            return failed(
-                BenchmarkStatus.OUT_OF_MEMORY,
-                f"job's processes reached {_mb(self.tree.peak_rss)} RSS during {phase}, over its memory limit "
-                f"of {_mb(self.mem_limit)}, and were killed by {how}; raise the job's memory limit or use a "
-                "smaller model or batch",
-            )
-        if self.killed_for == "processes":
-            return failed(
-                BenchmarkStatus.FAILED,
-                f"job started more than {policy.MAX_JOB_PROCESSES} processes during {phase} and was killed "
-                "(a model has no reason to start processes)",
-            )
-        if self.killed_for == "protocol":
-            return failed(BenchmarkStatus.FAILED, f"{reader.error} during {phase}; the job was killed")
-        if reader.result is not None:
-            try:
-                return decode(BenchmarkResult, reader.result)
-            except Exception as exc:  # whatever the job sent, it is only a malformed result
-                return failed(BenchmarkStatus.FAILED, f"job process sent a malformed result: {str(exc)[:300]}")
-        if code < 0:
-            name = signal_name(-code)
-            why = {
-                "SIGKILL": "killed from outside the agent (the kernel's out-of-memory killer does this)",
-                "SIGSEGV": "the runtime crashed (segmentation fault)",
-                "SIGABRT": "the runtime aborted",
-                "SIGBUS": "the runtime crashed (bus error)",
-            }.get(name, "terminated by a signal")
-            return failed(BenchmarkStatus.FAILED, f"job process died from {name} during {phase}: {why}")
-        return failed(
-            BenchmarkStatus.FAILED,
-            f"job process exited with code {code} during {phase} without a result; see diagnostics",
-        )

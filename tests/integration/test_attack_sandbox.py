@@ -165,7 +165,8 @@ def test_event_flood_and_endless_line_are_bounded(hostile: LocalAgent, null_sha:
         stub = health_pb2_grpc.HealthStub(channel)
         while thread.is_alive():
             t0 = time.monotonic()
-            assert stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
             assert time.monotonic() - t0 < 2
             peak = max(peak, agent_proc.memory_info().rss)
             time.sleep(0.1)
@@ -289,7 +290,6 @@ def test_sandbox_probe_as_an_unprivileged_user() -> None:
     first. Run the probe (every step, checked from inside) as `nobody` with the system's Python."""
     import pwd
     import shutil
-    import subprocess
     import tempfile
 
     python = "/usr/bin/python3"
