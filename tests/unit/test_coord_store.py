@@ -233,6 +233,35 @@ def test_reopening_is_a_no_op(db: Path) -> None:
     conn.close()
 
 
+def test_only_the_first_open_applies_the_schema(db: Path) -> None:
+    first = Store(db)
+    second = Store(db)
+    assert first.applied == [1] and second.applied == []  # the F17 test counts these across processes
+    first.close()
+    second.close()
+
+
+def test_a_held_write_lock_is_reported_as_busy_not_as_damage(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process holding the write lock past the busy timeout: the message says to retry, not to
+    restore the file from a backup (which is what any database error used to say)."""
+    import coordinator.store.sqlite as sqlite_store
+
+    Store(db).close()
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_S", 0.2)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    store = Store(db)  # current schema: opening needs no write lock
+    try:
+        with pytest.raises(StoreError, match="is busy: another process held its write lock") as info:
+            store.add_device(Device(name="pi5", address="pi5.local:50051"))
+        assert "backup" not in str(info.value)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    store.add_device(Device(name="pi5", address="pi5.local:50051"))  # released: it works again
+    store.close()
+
+
 def test_newer_schema_is_refused_with_upgrade_advice(db: Path) -> None:
     Store(db).close()
     conn = sqlite3.connect(db)

@@ -553,3 +553,33 @@ def test_build_job_accuracy_off_keeps_the_dataset() -> None:
 def test_build_job_formats(fmt: str, value: int) -> None:
     v = Variant(name="x", path="m", sha256="1" * 64, format=fmt, size_bytes=1)
     assert build_job("j", v, "rt", MeasurementSettings(), "").model.format == value
+
+
+# ---------------------------------------------------------------------------------------------- display
+
+
+def test_safe_text_escapes_every_terminal_and_bidi_control_visibly() -> None:
+    from coordinator.safe_text import clean
+
+    controls = [chr(c) for c in (*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0))]
+    controls += ["\u061c", "\u200e", "\u200f", *map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))]
+    for ch in controls:
+        shown = clean(f"a{ch}b")
+        assert ch not in shown and shown.startswith("a\\") and shown.endswith("b"), repr(ch)
+    assert clean("\x1b[31mred") == "\\x1b[31mred"
+    assert clean("\u202eevil") == "\\u202eevil"
+    assert clean("line 1\r\nline 2\tcol") == "line 1\nline 2\tcol"  # CR LF is a line break; tab and LF stay
+    assert clean("[/x] [link=http://e]x[/link] :skull:") == "[/x] [link=http://e]x[/link] :skull:"  # not markup here
+    assert clean("héllo, 世界 ✓") == "héllo, 世界 ✓"
+
+
+def test_safe_text_one_line_and_limits() -> None:
+    from coordinator.safe_text import clean, one_line, text
+
+    assert one_line("a\r\nb\nc\td\u2028e") == "a b c d e"
+    assert one_line("AAAA\rBBBB") == "AAAA\\x0dBBBB"  # a lone CR would overwrite the line: shown instead
+    assert one_line("abcdef", 5) == "abcd…" and one_line("abcde", 5) == "abcde"
+    assert clean("\x1b" * 10, 8) == "\\x1b\\x1…"  # the limit holds after escaping too
+    assert len(clean("x" * 10_000_000, 200)) == 200
+    rich_text = text("[bold]x[/bold]\x07", "red", limit=50)
+    assert rich_text.plain == "[bold]x[/bold]\\x07" and str(rich_text.style) == "red"
