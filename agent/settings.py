@@ -26,6 +26,7 @@ MIN_SPARE_WORKERS = 4
 #: An upload chunk is at most 1 MiB; a request must fit one with its framing.
 MIN_REQUEST_BYTES = 2**20 + 64 * 2**10
 DEFAULT_STREAMS_PER_CLIENT = 8
+DEFAULT_WATCHERS_PER_CLIENT = 8
 SANDBOX_MODES = ("auto", "required", "off")
 #: Fractions of physical RAM for the default per-job memory limit and for the ceiling no job may exceed.
 DEFAULT_JOB_MEMORY_FRACTION = 0.75
@@ -82,8 +83,9 @@ class AgentSettings:
     #: 0 = the default: half of max_workers in total (16 of 32), 8 per client (at most the total).
     max_streams_per_client: int = 0
     max_streams_total: int = 0
-    #: Concurrent health Watch streams (unauthenticated) per client and in total.
-    max_health_watchers_per_client: int = 8
+    #: Concurrent health Watch streams (unauthenticated) per client and in total; 0 per client = the default,
+    #: 8 (at most the total).
+    max_health_watchers_per_client: int = 0
     max_health_watchers: int = 64
     #: Largest request message (gRPC's receive limit): an upload chunk (1 MiB) with room to spare.
     max_request_bytes: int = 2 * 2**20
@@ -169,12 +171,16 @@ class AgentSettings:
             object.__setattr__(self, "max_streams_total", self.max_workers // 2)
         if self.max_streams_per_client == 0:
             object.__setattr__(self, "max_streams_per_client", min(DEFAULT_STREAMS_PER_CLIENT, self.max_streams_total))
+        if self.max_health_watchers_per_client == 0:
+            object.__setattr__(
+                self, "max_health_watchers_per_client", min(DEFAULT_WATCHERS_PER_CLIENT, self.max_health_watchers)
+            )
         for name in (
             "max_kept_results",
-            "max_streams_per_client",
             "max_streams_total",
-            "max_health_watchers_per_client",
+            "max_streams_per_client",
             "max_health_watchers",
+            "max_health_watchers_per_client",
             "max_job_bytes",
             "max_queued_jobs",
         ):

@@ -1,8 +1,10 @@
-"""Tests of agent.jobs.JobManager: event order, queueing, idempotent re-submission, cancel, persistence."""
+"""Tests of agent.jobs.JobManager: event order, queueing, idempotent re-submission, cancel, persistence,
+the queue bound and disk faults."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from collections import Counter
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.jobs import JobConflict, JobManager, Subscription, iterate
+from agent.jobs import JobConflict, JobManager, QueueFull, Subscription, iterate
 from agent.runner import JobFiles
 from agent.types import (
     BenchmarkJob,
@@ -118,8 +120,8 @@ def managers() -> Iterator[list[JobManager]]:
 
 @pytest.fixture
 def make(tmp_path: Path, managers: list[JobManager]) -> Callable[..., JobManager]:
-    def make(run: FakeRun, *, max_kept: int = 1000, results: Path | None = None) -> JobManager:
-        m = JobManager(results or tmp_path / "results", run, max_kept=max_kept)
+    def make(run: FakeRun, *, max_kept: int = 1000, results: Path | None = None, **kwargs: object) -> JobManager:
+        m = JobManager(results or tmp_path / "results", run, max_kept=max_kept, **kwargs)  # type: ignore[arg-type]
         managers.append(m)
         return m
 
@@ -463,3 +465,98 @@ def test_release_is_called_exactly_once_per_job(fake: FakeRun, make: Callable[..
     collect(m.submit(job("ok"), FILES, release=releases("ok-again")))
     m.shutdown()
     assert releases.counts == {"held": 1, "held-again": 1, "queued": 1, "fails": 1, "ok": 1, "ok-again": 1}
+
+
+# ------------------------------------------------------------------ bounds and disk faults
+
+
+def test_queue_is_bounded(fake: FakeRun, make: Callable[..., JobManager]) -> None:
+    """Past `max_queued` waiting jobs a new job is refused (its artifacts released at once); re-attaching
+    to a known job still works, and room comes back as the queue drains."""
+    releases = Releases()
+    gate = fake.hold("running")
+    m = make(fake, max_queued=2)
+    m.submit(job("running"), FILES)
+    fake.wait_started("running")
+    m.submit(job("q1"), FILES)
+    m.submit(job("q2"), FILES)
+    with pytest.raises(QueueFull, match=r"queue full: 2 jobs already wait .* limit is 2 \(--max-queued-jobs\)"):
+        m.submit(job("q3"), FILES, release=releases("q3"))
+    assert releases.counts == {"q3": 1}
+    (accepted,) = first_events(m.submit(job("q1"), FILES), 1)
+    assert accepted.reattached
+    gate.set()
+    wait_until(lambda: m.queue_length() == 0)
+    assert collect(m.submit(job("q3"), FILES))[-1].result == succeeded("q3")
+
+
+def test_result_that_cannot_be_saved_is_published_from_memory(
+    fake: FakeRun, make: Callable[..., JobManager], tmp_path: Path
+) -> None:
+    """A write error while keeping a result (ENOSPC, EIO, EROFS; here ENOTDIR) used to kill the worker
+    thread: the result never reached its stream and every later job stayed QUEUED. Now the result is
+    published and kept in memory with a note first in its diagnostics, the fault is reported, and the
+    queue goes on; once the folder is back, results are saved again."""
+    faults: list[OSError] = []
+    results = tmp_path / "results"
+    m = make(fake, results=results, on_disk_error=faults.append)
+    shutil.rmtree(results)
+    results.write_text("a file where the results folder was")
+
+    first = collect(m.submit(job("a"), FILES))[-1].result
+    assert first is not None and first.status == BenchmarkStatus.SUCCEEDED
+    assert first.diagnostics.startswith("agent: this result could not be saved on the agent's disk (ENOTDIR")
+    assert "kept in memory only" in first.diagnostics
+    assert faults and all(isinstance(f, OSError) for f in faults)
+    assert m.get("a") == (JobState.FINISHED, first)
+    assert collect(m.submit(job("b"), FILES))[-1].result is not None  # the worker is alive
+
+    results.unlink()
+    results.mkdir()
+    assert collect(m.submit(job("c"), FILES))[-1].result == succeeded("c")
+    assert len(list(results.glob("*.json"))) == 1
+
+
+def test_a_failing_release_does_not_stop_the_queue(fake: FakeRun, make: Callable[..., JobManager]) -> None:
+    def broken_release() -> None:
+        raise RuntimeError("release failed")
+
+    m = make(fake)
+    assert collect(m.submit(job("a"), FILES, release=broken_release))[-1].result == succeeded("a")
+    assert collect(m.submit(job("b"), FILES))[-1].result == succeeded("b")
+
+
+def test_runner_os_error_is_a_failed_result_and_a_disk_fault(make: Callable[..., JobManager]) -> None:
+    faults: list[OSError] = []
+
+    def run(*args: object) -> BenchmarkResult:
+        raise OSError(28, "No space left on device")
+
+    m = make(run, on_disk_error=faults.append)  # type: ignore[arg-type]
+    result = collect(m.submit(job("a"), FILES))[-1].result
+    assert result is not None and result.status == BenchmarkStatus.FAILED
+    assert "No space left on device" in result.message
+    assert [f.errno for f in faults] == [28]
+
+
+def test_wake_ends_a_stream_at_once(fake: FakeRun, make: Callable[..., JobManager]) -> None:
+    """A stream whose client went away ends when woken, not at the next poll (which frees its thread)."""
+    gate = fake.hold("a")
+    m = make(fake)
+    sub = m.submit(job("a"), FILES)
+    fake.wait_started("a")
+    alive = threading.Event()
+    alive.set()
+    ended = threading.Event()
+
+    def stream() -> None:
+        for _ in iterate(sub, alive.is_set, poll_s=30):
+            pass
+        ended.set()
+
+    threading.Thread(target=stream, daemon=True).start()
+    time.sleep(0.1)
+    alive.clear()
+    sub.wake()
+    assert ended.wait(2), "the stream waited for its 30 s poll"
+    gate.set()

@@ -173,3 +173,113 @@ def test_token_file_exposed_depends_on_its_mode(tmp_path: Path) -> None:
 def test_cache_must_hold_the_largest_artifact(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="max_artifact_bytes <= max_cache_bytes"):
         load_settings(env={}, workdir=tmp_path, max_artifact_bytes=10, max_cache_bytes=5)
+
+
+# ------------------------------------------------------------------ job limits, sandbox, bounds
+
+
+def test_job_limit_defaults_come_from_physical_ram(tmp_path: Path) -> None:
+    import psutil
+
+    ram = psutil.virtual_memory().total
+    s = load_settings(env={}, workdir=tmp_path)
+    assert s.job_memory_bytes == int(ram * 0.75)  # a job that sets no limit is no longer unlimited
+    assert s.max_job_memory_bytes == int(ram * 0.90)
+    assert (s.job_wall_time_s, s.max_job_wall_time_s) == (900.0, 3600.0)
+    assert s.sandbox == "auto" and s.cgroup_root is None
+    # 0 means "the default", and the default never exceeds a lower ceiling.
+    low = load_settings(env={}, workdir=tmp_path, job_memory_bytes=0, max_job_memory_bytes=2**30)
+    assert low.job_memory_bytes == 2**30
+
+
+def test_defaults_over_their_ceilings_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="--job-timeout-s 7200 is over the ceiling --max-job-timeout-s 3600"):
+        load_settings(env={}, workdir=tmp_path, job_wall_time_s=7200)
+    with pytest.raises(SettingsError, match="--job-memory-mb 2048 is over the ceiling --max-job-memory-mb 1024"):
+        load_settings(env={}, workdir=tmp_path, job_memory_bytes=2 * 2**30, max_job_memory_bytes=2**30)
+    with pytest.raises(SettingsError, match="must be positive"):
+        load_settings(env={}, workdir=tmp_path, max_job_wall_time_s=0)
+
+
+def test_sandbox_mode_is_validated(tmp_path: Path) -> None:
+    assert load_settings(env={"EDGEBENCH_AGENT_SANDBOX": "required"}, workdir=tmp_path).sandbox == "required"
+    with pytest.raises(SettingsError, match="--sandbox 'strict': must be one of auto, required, off"):
+        load_settings(env={"EDGEBENCH_AGENT_SANDBOX": "strict"}, workdir=tmp_path)
+
+
+def test_cgroup_root_must_be_a_cgroup_v2_folder(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="no such directory"):
+        load_settings(env={}, workdir=tmp_path, cgroup_root=tmp_path / "missing")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with pytest.raises(SettingsError, match="not a cgroup v2 folder"):
+        load_settings(env={}, workdir=tmp_path, cgroup_root=plain)
+    (plain / "cgroup.controllers").write_text("cpu memory pids\n")
+    assert load_settings(env={}, workdir=tmp_path, cgroup_root=plain).cgroup_root == plain
+
+
+def test_secret_paths_name_every_credential_and_the_config_file(tmp_path: Path) -> None:
+    cert, key, ca = (tmp_path / n for n in ("cert.pem", "key.pem", "ca.pem"))
+    for path in (cert, key, ca):
+        path.write_text("pem")
+    cfg = config(tmp_path, "port = 0\n")
+    s = load_settings(
+        cfg, env={}, workdir=tmp_path, token_file=token_file(tmp_path), tls_cert=cert, tls_key=key, tls_client_ca=ca
+    )
+    assert set(s.secret_paths) == {tmp_path / "token", cert, key, ca, cfg}
+    assert load_settings(env={}, workdir=tmp_path).secret_paths == ()
+
+
+def test_config_file_is_not_a_layered_setting(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"unknown settings \['config_file'\]"):
+        load_settings(config(tmp_path, 'config_file = "/elsewhere"\n'), env={}, workdir=tmp_path)
+    assert load_settings(env={"EDGEBENCH_AGENT_CONFIG_FILE": "/elsewhere"}, workdir=tmp_path).config_file is None
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_ipv6_loopback_in_both_spellings(tmp_path: Path, host: str) -> None:
+    s = load_settings(env={}, workdir=tmp_path, host=host, port=0)
+    assert s.host == "::1" and s.is_loopback and not s.authenticated
+    assert s.address() == "[::1]:0" and s.address(5) == "[::1]:5"
+    assert load_settings(env={}, workdir=tmp_path).address(7) == "127.0.0.1:7"
+
+
+def test_plaintext_token_is_only_a_non_loopback_token_without_tls(tmp_path: Path) -> None:
+    tok = token_file(tmp_path)
+    assert load_settings(env={}, workdir=tmp_path, host="0.0.0.0", token_file=tok).plaintext_token
+    assert load_settings(env={}, workdir=tmp_path, host="::", token_file=tok).plaintext_token
+    assert not load_settings(env={}, workdir=tmp_path, host="::1", token_file=tok).plaintext_token
+    assert not load_settings(env={}, workdir=tmp_path, host="0.0.0.0", insecure=True).plaintext_token
+    cert = tmp_path / "cert.pem"
+    cert.write_text("pem")
+    tls = load_settings(env={}, workdir=tmp_path, host="0.0.0.0", token_file=tok, tls_cert=cert, tls_key=cert)
+    assert not tls.plaintext_token
+
+
+def test_stream_bounds_follow_the_worker_pool(tmp_path: Path) -> None:
+    s = load_settings(env={}, workdir=tmp_path)
+    assert (s.max_workers, s.max_streams_total, s.max_streams_per_client) == (32, 16, 8)
+    small = load_settings(env={}, workdir=tmp_path, max_workers=8)
+    assert (small.max_streams_total, small.max_streams_per_client) == (4, 4)
+    with pytest.raises(SettingsError, match=r"must leave at least 4 of the 32 gRPC worker threads \(--max-workers\)"):
+        load_settings(env={}, workdir=tmp_path, max_streams_total=29)
+    with pytest.raises(SettingsError, match="--max-workers must be more than 4"):
+        load_settings(env={}, workdir=tmp_path, max_workers=4)
+    with pytest.raises(SettingsError, match="--max-streams-per-client must not exceed --max-streams-total"):
+        load_settings(env={}, workdir=tmp_path, max_streams_total=4, max_streams_per_client=5)
+    assert load_settings(env={}, workdir=tmp_path, max_health_watchers=2).max_health_watchers_per_client == 2
+    with pytest.raises(SettingsError, match="--max-health-watchers-per-client must not exceed"):
+        load_settings(env={}, workdir=tmp_path, max_health_watchers=2, max_health_watchers_per_client=3)
+
+
+def test_message_and_queue_bounds(tmp_path: Path) -> None:
+    s = load_settings(env={}, workdir=tmp_path)
+    assert (s.max_request_bytes, s.max_job_bytes, s.max_queued_jobs) == (2 * 2**20, 64 * 2**10, 64)
+    assert (s.max_health_watchers, s.max_health_watchers_per_client) == (64, 8)
+    with pytest.raises(SettingsError, match="an upload chunk is up to 1 MiB"):
+        load_settings(env={}, workdir=tmp_path, max_request_bytes=2**20)
+    with pytest.raises(SettingsError, match="--max-job-bytes must not exceed --max-request-bytes"):
+        load_settings(env={}, workdir=tmp_path, max_job_bytes=4 * 2**20)
+    for name in ("max_queued_jobs", "max_kept_results", "max_job_bytes", "max_health_watchers"):
+        with pytest.raises(SettingsError, match=f"--{name.replace('_', '-')} must be at least 1"):
+            load_settings(env={}, workdir=tmp_path, **{name: 0})
