@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from agent.runtimes.base import Array, DeclaredIO, ModelLoadError, RuntimeUnsupported, unavailable
+from agent.runtimes.zip_check import DEFLATED, STORED, ZipLayoutError, read_members
 from agent.types import ModelFormat, RuntimeConfig, RuntimeInfo, TensorInfo
 
 NAME = "coreml"
@@ -116,12 +117,22 @@ def extract_package(
     """Check the whole archive, then extract the package into `dest` (replaced); return `dest`.
 
     Files are created exclusively (never through an existing path or link) and never exceed the sizes the
-    archive declared, which the check capped."""
+    archive declared, which the check capped. The layout is checked first (`zip_check.read_members`), so
+    the members `zipfile` extracts are the ones any other zip reader would see."""
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as exc:
         raise ModelLoadError(
             f"the Core ML model is not a zip archive ({exc}); send the .mlpackage folder zipped"
+        ) from None
+    try:
+        with archive.open("rb") as f:
+            read_members(f, methods=frozenset({STORED, DEFLATED}), max_members=max_members)
+    except ZipLayoutError as exc:
+        zf.close()
+        raise ModelLoadError(
+            f"the Core ML archive was refused before extraction: {exc}. Zip the .mlpackage folder again "
+            "(stored or deflated members, no archive comment, nothing before or after the archive)"
         ) from None
     with zf:
         infos = zf.infolist()

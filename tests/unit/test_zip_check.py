@@ -219,3 +219,19 @@ def test_a_corrupted_member_fails_its_crc_when_copied() -> None:
     data[member.data_offset + 7] ^= 0xFF
     with pytest.raises(ModelLoadError, match="fails its CRC check"):
         b"".join(copy_member(io.BytesIO(bytes(data)), member))
+
+
+def test_core_ml_extraction_checks_the_layout_first(tmp_path: Path) -> None:
+    """The Core ML backend extracts with zipfile; an archive behind other bytes (zipfile would read it) is
+    refused before anything is written."""
+    from agent.runtimes.coreml import extract_package
+
+    plain = _zip({"model.mlpackage/Manifest.json": b"{}", "model.mlpackage/Data/w.bin": b"\0" * 64})
+    good = tmp_path / "good.zip"
+    good.write_bytes(plain)
+    assert (extract_package(good, tmp_path / "out") / "Manifest.json").read_bytes() == b"{}"
+    shifted = tmp_path / "shifted.zip"
+    shifted.write_bytes(b"\0" * 100 + plain)
+    with pytest.raises(ModelLoadError, match="refused before extraction: the central directory is recorded"):
+        extract_package(shifted, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
