@@ -3,7 +3,9 @@
 Idempotency: a job id that is queued, running or finished is never run again; submitting it again (for
 example by a coordinator whose stream broke) re-attaches to it, and a finished job's result is replayed.
 The same id with different contents is a conflict. Results survive an agent restart (files in the work
-directory), bounded to `max_kept` newest. At most `max_queued` jobs wait behind the running one.
+directory), bounded to `max_kept` newest; only the newest RESULTS_IN_MEMORY of them are also held in memory
+(a result can carry a million raw samples), the others are read back from their files when asked for.
+At most `max_queued` jobs wait behind the running one.
 
 Faults: nothing stops the worker thread. A result that cannot be written to disk (disk full, I/O error,
 read-only filesystem) is still published and kept in memory, says so in its diagnostics, and is reported
@@ -32,6 +34,9 @@ from agent.types import BenchmarkJob, BenchmarkResult, BenchmarkStatus, JobEvent
 
 log = logging.getLogger(__name__)
 
+#: Finished results also held in memory, newest first; the other kept ones are read from disk on demand.
+RESULTS_IN_MEMORY = 32
+
 RunFn = Callable[[BenchmarkJob, JobFiles, Callable[[JobPhase, int, str], None], threading.Event], BenchmarkResult]
 
 
@@ -57,6 +62,8 @@ class _Record:
     last_progress: JobEvent | None = None
     result: BenchmarkResult | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    #: False when the result could not be written: then memory holds the only copy and keeps it.
+    saved: bool = True
     #: None in a subscriber queue is a wake-up (its stream ended), not an event.
     subscribers: list[queue.Queue[JobEvent | None]] = field(default_factory=list)
 
@@ -103,7 +110,10 @@ class JobManager:
         self._max_queued = max_queued
         self._on_disk_error = on_disk_error
         self._lock = threading.Condition()
+        #: Queued, running and (some) finished jobs; finished ones may be evicted to their files.
         self._records: OrderedDict[str, _Record] = OrderedDict()
+        #: Ids of kept finished results, oldest first: what `max_kept` bounds (their files go with them).
+        self._kept: OrderedDict[str, None] = OrderedDict()
         self._queue: deque[str] = deque()
         self._running: str | None = None
         self._stopping = False
@@ -288,6 +298,9 @@ class JobManager:
         except OSError as exc:
             self._on_disk_error(exc)
             result = dataclasses.replace(result, diagnostics=_unsaved_note(exc) + result.diagnostics)
+            rec.saved = False
+        self._kept[rec.job.job_id] = None
+        self._kept.move_to_end(rec.job.job_id)
         rec.result = result
         rec.state = JobState.FINISHED
         rec.files = None
@@ -341,18 +354,29 @@ class JobManager:
             path.unlink(missing_ok=True)  # a damaged file is worth less than a rerun
             return None
         self._records[job_id] = rec
+        self._kept[job_id] = None
+        self._trim()
         return rec
 
     def _trim(self) -> None:
-        """Keep the newest `max_kept` finished records; a dropped record's file goes with it (not by mtime,
-        which a clock step on a device without a real-time clock could reorder)."""
-        finished = [k for k, r in self._records.items() if r.state == JobState.FINISHED]
-        for job_id in finished[: max(0, len(finished) - self._max_kept)]:
-            del self._records[job_id]
+        """Keep the newest `max_kept` finished results, in the order they finished (not by mtime, which a
+        clock step on a device without a real-time clock could reorder); a dropped result's file goes with
+        it. Of those, hold at most RESULTS_IN_MEMORY in memory, plus any that could not be saved."""
+        while len(self._kept) > self._max_kept:
+            job_id, _ = self._kept.popitem(last=False)
+            self._records.pop(job_id, None)
             try:
                 self._result_path(job_id).unlink(missing_ok=True)
             except OSError as exc:
                 self._on_disk_error(exc)
+        in_memory = [k for k in self._kept if k in self._records]
+        excess = len(in_memory) - RESULTS_IN_MEMORY
+        for job_id in in_memory:
+            if excess <= 0:
+                break
+            if self._records[job_id].saved:
+                del self._records[job_id]
+                excess -= 1
 
     def _trim_disk(self) -> None:
         """At start-up only: files left by earlier runs, beyond the bound, oldest first."""

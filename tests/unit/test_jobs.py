@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.jobs import JobConflict, JobManager, QueueFull, Subscription, iterate
+from agent.jobs import RESULTS_IN_MEMORY, JobConflict, JobManager, QueueFull, Subscription, iterate
 from agent.runner import JobFiles
 from agent.types import (
     BenchmarkJob,
@@ -560,3 +560,19 @@ def test_wake_ends_a_stream_at_once(fake: FakeRun, make: Callable[..., JobManage
     sub.wake()
     assert ended.wait(2), "the stream waited for its 30 s poll"
     gate.set()
+
+
+def test_only_the_newest_results_are_held_in_memory(
+    fake: FakeRun, make: Callable[..., JobManager], tmp_path: Path
+) -> None:
+    """Kept results can be large (raw samples): only the newest RESULTS_IN_MEMORY stay in memory, the
+    others are read back from their files. Deleting every file shows which ones memory still holds."""
+    m = make(fake)
+    names = [f"j{i}" for i in range(RESULTS_IN_MEMORY + 8)]
+    for name in names:
+        collect(m.submit(job(name), FILES))
+    assert m.get(names[0]) == (JobState.FINISHED, succeeded(names[0]))  # read back from its file
+    for path in (tmp_path / "results").glob("*.json"):
+        path.unlink()
+    states = [m.get(name)[0] for name in names]
+    assert states == [JobState.UNKNOWN] * 8 + [JobState.FINISHED] * RESULTS_IN_MEMORY
