@@ -123,7 +123,8 @@ class EventReader:
         if line.startswith(_PROGRESS_PREFIX):
             now = time.monotonic()
             # A change of phase is always parsed (a real job has a handful); the rest at a bounded rate.
-            phase = line[len(_PROGRESS_PREFIX) : len(_PROGRESS_PREFIX) + 40]
+            head = line[len(_PROGRESS_PREFIX) : len(_PROGRESS_PREFIX) + 40]
+            phase = head.split(b'"', 5)[3] if head.count(b'"') >= 4 else head  # ,"phase":"<this>"
             changed = phase != self._last_phase_bytes and self._phase_changes < MAX_PHASE_CHANGES
             if not changed and now - self._last_progress < 1 / PROGRESS_PER_S:
                 self.dropped_progress += 1

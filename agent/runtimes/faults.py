@@ -129,6 +129,9 @@ def _probe(spec: dict[str, object], model_path: Path) -> None:
     _try("write-home", lambda: (Path.home() / "planted-by-job").write_text("x"))
     FINDINGS["probe.environment"] = ",".join(sorted(os.environ))
     FINDINGS["probe.pid"] = str(os.getpid())
+    from agent.runtimes.tensorrt.memory import host_pid
+
+    FINDINGS["probe.host_pid"] = str(host_pid())
 
 
 def _write_through(model: Path) -> str:

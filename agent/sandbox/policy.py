@@ -121,6 +121,10 @@ class Sandbox:
         ]
         return tuple(SandboxControl(name, enforced, detail) for name, enforced, detail in rows)
 
+    def lacking(self) -> list[SandboxControl]:
+        """The controls that are not in force (what `--sandbox required` refuses to run without)."""
+        return [c for c in self.controls() if not c.enforced]
+
     def close(self) -> None:
         if self.cgroups is not None:
             self.cgroups.close()
@@ -139,7 +143,7 @@ def prepare(mode: str, scratch: Path, cgroup_root: Path | None, subreaper: str) 
     cgroups, cgroup_reason = CgroupManager.detect(cgroup_root)
     sandbox = Sandbox(mode, features, enforced, missing, cgroups, cgroup_reason, subreaper)
     if mode == "required":
-        lacking = [c for c in sandbox.controls() if not c.enforced]
+        lacking = sandbox.lacking()
         if lacking:
             sandbox.close()
             raise SandboxError(

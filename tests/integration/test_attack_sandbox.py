@@ -275,6 +275,8 @@ def test_hostile_job_cannot_reach_secrets_network_or_agent(hostile: LocalAgent, 
     if controls["network"].enforced:
         assert found[f"probe.connect:{hostile.address}"].startswith("denied"), found
     assert found[f"probe.kill:{hostile.process.pid}"].startswith("denied"), found
+    if found["probe.pid"] == "2":  # PID 2 of its own namespace (PID 1 is its init); NVML knows the host's pid
+        assert int(found["probe.host_pid"]) > 2
     env = found["probe.environment"].split(",")
     assert "EDGEBENCH_TEST_SECRET" not in env and not any(k.startswith("EDGEBENCH_AGENT") for k in env), env
     # The blob the job ran is unchanged: the same artifact still verifies and runs.

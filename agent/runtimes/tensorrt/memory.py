@@ -20,6 +20,14 @@ from agent.runtimes.tensorrt.gpu import import_nvml
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
+def host_pid() -> int:
+    """This process's pid as NVML and nvmap know it. A job runs in its own PID namespace (agent/sandbox),
+    where os.getpid() is a small number; the host's /proc, which the sandbox leaves mounted, names it."""
+    with contextlib.suppress(OSError, ValueError):
+        return int(os.readlink("/proc/self"))
+    return os.getpid()
+
+
 def pci_bus_id(domain: int, bus: int, device: int) -> str:
     """NVML's PCI bus id format ('%x:%x:%x.0' is accepted; we write the long form)."""
     return f"{domain:08x}:{bus:02x}:{device:02x}.0"
@@ -137,7 +145,7 @@ def read_gpu_memory(tegra: bool, bus_id: str) -> MemoryReading:
 def gpu_memory_figure(tegra: bool, before: MemoryReading, after: MemoryReading) -> tuple[int | None, str]:
     """(bytes, how it was measured) for `details()`: `gpu_memory_bytes` and `gpu_memory_method`."""
     if tegra:
-        return jetson_gpu_memory(os.getpid(), before.meminfo, after.meminfo, after.nvmap_clients)
+        return jetson_gpu_memory(host_pid(), before.meminfo, after.meminfo, after.nvmap_clients)
     if before.nvml_used is None and after.nvml_used is None and not after.nvml_processes:
         return None, "not measured: install nvidia-ml-py (pynvml) for GPU memory figures"
-    return nvml_gpu_memory(os.getpid(), after.nvml_processes, before.nvml_used, after.nvml_used)
+    return nvml_gpu_memory(host_pid(), after.nvml_processes, before.nvml_used, after.nvml_used)
