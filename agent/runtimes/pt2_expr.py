@@ -90,6 +90,7 @@ _EXPR_NODES = (
 
 
 def refuse(what: str) -> ModelLoadError:
+    """The error for a `.pt2` that is refused: what was found, then how to make an acceptable one."""
     return ModelLoadError(
         f"{what}; refused before torch opened the file (a .pt2 may carry code that torch would run). "
         "Export with torch.export.export and save with torch.export.save, with plain tensor weights"
