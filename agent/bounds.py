@@ -1,10 +1,11 @@
 """Bounds on what clients can make the agent hold: concurrent streams, health watchers and job size.
 
 Streaming RPCs hold one gRPC worker thread each for as long as they are open (RunBenchmark waits for its
-job's events; UploadArtifact waits for chunks), so idle streams could take every thread and leave none
-for unary calls or health checks. `StreamLimits` caps them per client and in total, below the thread
-pool, and refuses the excess at once with RESOURCE_EXHAUSTED naming the limit and its flag. Health
-`Watch` streams hold no thread but some memory each, and need no token, so they are capped the same way.
+job's events; UploadArtifact waits for chunks; reflection waits for requests), so idle streams could take
+every thread and leave none for unary calls or health checks. `LimitInterceptor` caps them per client and
+in total, below the thread pool, and refuses the excess at once with RESOURCE_EXHAUSTED naming the limit
+and its flag. Health `Watch` streams hold no thread but some memory each, and need no token, so they are
+capped the same way, separately.
 
 A *client* is the peer's IP address (all connections from one host count together; the port is not part
 of it) and, under mutual TLS, also its certificate identity: a stream counts against both.
@@ -22,9 +23,7 @@ import grpc
 
 from protos.edgebench.agent.v1 import agent_pb2 as pb
 
-_SERVICE = pb.DESCRIPTOR.services_by_name["AgentService"].full_name
-#: RPCs that hold a worker thread while open.
-STREAMING_METHODS = frozenset({f"/{_SERVICE}/RunBenchmark", f"/{_SERVICE}/UploadArtifact"})
+#: The one streaming RPC that holds no worker thread (the health servicer answers it without blocking).
 WATCH_METHOD = "/grpc.health.v1.Health/Watch"
 
 #: Contract limits on a job's repeated and free-text fields (a real job needs a handful of each).
@@ -104,7 +103,8 @@ def client_keys(context: grpc.ServicerContext) -> list[str]:
 
 
 class LimitInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Wraps streaming RPCs and health Watch so that each holds a slot while open, or is refused."""
+    """Wraps every streaming RPC (RunBenchmark, UploadArtifact, reflection: `streams`) and health Watch
+    (`watchers`) so that each holds a slot while open, or is refused at once."""
 
     def __init__(self, streams: Limit, watchers: Limit) -> None:
         self.streams = Slots(streams)
@@ -116,11 +116,12 @@ class LimitInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             return None
         if details.method == WATCH_METHOD and handler.unary_stream is not None:
             return _bounded_watch(handler, self.watchers)
-        if details.method in STREAMING_METHODS:
-            if handler.unary_stream is not None:
-                return _bounded_response_stream(handler, self.streams)
-            if handler.stream_unary is not None:
-                return _bounded_request_stream(handler, self.streams)
+        if handler.unary_stream is not None:
+            return _bounded_response_stream(handler, self.streams)
+        if handler.stream_unary is not None:
+            return _bounded_request_stream(handler, self.streams)
+        if handler.stream_stream is not None:
+            return _bounded_bidi_stream(handler, self.streams)
         return handler
 
 
@@ -161,6 +162,21 @@ def _bounded_request_stream(handler: Any, slots: Slots) -> Any:
             slots.release(keys)
 
     return grpc.stream_unary_rpc_method_handler(
+        run, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
+
+
+def _bounded_bidi_stream(handler: Any, slots: Slots) -> Any:
+    behavior = handler.stream_stream
+
+    def run(request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        keys = _refuse(context, slots)
+        try:
+            yield from behavior(request_iterator, context)
+        finally:
+            slots.release(keys)
+
+    return grpc.stream_stream_rpc_method_handler(
         run, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
     )
 

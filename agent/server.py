@@ -132,7 +132,7 @@ def _set_health(servicer: health.HealthServicer, serving: bool) -> None:
 def _limits(settings: AgentSettings) -> LimitInterceptor:
     return LimitInterceptor(
         streams=Limit(
-            "RunBenchmark/UploadArtifact streams",
+            "streaming RPCs (RunBenchmark, UploadArtifact, reflection)",
             settings.max_streams_per_client,
             settings.max_streams_total,
             "--max-streams-per-client",

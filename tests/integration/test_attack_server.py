@@ -368,6 +368,38 @@ def test_streams_are_bounded_in_total_below_the_thread_pool(agent_factory: Facto
             c.stub.CancelBenchmark(pb.CancelBenchmarkRequest(job_id=long.job_id), metadata=c.md, timeout=5)
 
 
+def test_reflection_streams_count_as_streams(agent_factory: Factory) -> None:
+    """F7: reflection (when enabled) is a streaming RPC that holds a worker thread while open; it counts
+    against the same per-client bound as RunBenchmark and UploadArtifact."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    agent = agent_factory("--reflection")
+    gate = threading.Event()
+
+    def requests() -> Iterator[reflection_pb2.ServerReflectionRequest]:
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+        gate.wait(60)
+
+    with conn(agent) as c:
+        stub = reflection_pb2_grpc.ServerReflectionStub(c.channel)
+        calls = [stub.ServerReflectionInfo(requests(), metadata=c.md, timeout=60) for _ in range(10)]
+        try:
+            outcomes: list[object] = []
+            for call in calls:
+                try:
+                    outcomes.append(next(call))
+                except grpc.RpcError as exc:
+                    outcomes.append(exc)
+            refused = [o for o in outcomes if isinstance(o, grpc.RpcError)]
+            assert len(refused) == 2, outcomes
+            assert all(refused_with(e, grpc.StatusCode.RESOURCE_EXHAUSTED, "--max-streams-per-client") for e in refused)
+            unary_calls_answer_quickly(agent)
+        finally:
+            gate.set()
+            for call in calls:
+                call.cancel()
+
+
 # ------------------------------------------------------------------ F13: message size and queue length
 
 
