@@ -564,8 +564,8 @@ def test_bad_limits_are_refused_at_start(tmp_path: Path, args: list[str], needle
 
 def test_wall_time_ceiling_reaches_the_runner(agent_factory: Factory, models: dict[str, Path]) -> None:
     """F15: `--job-timeout-s` used to be a default any job could raise without bound. With
-    `--max-job-timeout-s 2`, a job asking for an hour is stopped after 2 s (the runner applies the ceiling
-    the agent hands it); the other new flags are accepted alongside."""
+    `--max-job-timeout-s 2`, a job asking for an hour (and measuring for 110 s) is held to 2 s (the runner
+    applies the ceiling the agent hands it); the other new flags are accepted alongside."""
     agent = agent_factory(
         "--job-timeout-s",
         "1",
@@ -586,6 +586,9 @@ def test_wall_time_ceiling_reaches_the_runner(agent_factory: Factory, models: di
     started = time.monotonic()
     with agent.client() as client:
         result = client.run_to_result(greedy, timeout_s=60)
-    assert result.status == pb.BENCHMARK_STATUS_TIMEOUT, result.message
-    assert "wall-time limit of 2 s" in result.message
+    # The runner either stops the job at the ceiling (TIMEOUT) or shortens its measurement to fit and says so.
+    assert result.status in (pb.BENCHMARK_STATUS_TIMEOUT, pb.BENCHMARK_STATUS_SUCCEEDED), result.message
+    assert "wall-time limit of 2 s" in result.message or "ceiling of 2 s" in result.message, result.message
+    ran_s = (result.finished_at.ToNanoseconds() - result.started_at.ToNanoseconds()) / 1e9
+    assert ran_s < 10, f"the job ran {ran_s:.1f} s past a 2 s ceiling"
     assert time.monotonic() - started < 30
