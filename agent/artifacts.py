@@ -29,7 +29,7 @@ import stat
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -342,6 +342,27 @@ class ArtifactStore:
         raise ArtifactChanged(
             f"artifact {sha256} changed on disk since it was verified (it {now}); it was removed: upload it again"
         )
+
+    def is_verified(self, path: Path) -> bool:
+        """Whether `verify(path)` would return without hashing (its signature is the one last verified)."""
+        try:
+            current = _signature(path.stat())
+        except OSError:
+            return False
+        with self._lock:
+            return self._verified.get(path.name) == current
+
+    @contextlib.contextmanager
+    def links_removed(self, paths: Iterable[Path]) -> Iterator[None]:
+        """Around removing a finished job's folder: unlinking its hard links changes the blobs' ctime, which
+        would make the next job hash them again. A blob whose signature is still the one recorded when it
+        last verified (nothing wrote to it during the job) is recorded anew after the removal. Only for use
+        once every process of the job is gone: nothing else can touch the blobs in between."""
+        unchanged = [(path.name, path) for path in dict.fromkeys(paths) if self.is_verified(path)]
+        yield
+        for sha256, path in unchanged:
+            with contextlib.suppress(OSError), self._lock:
+                self._verified[sha256] = _signature(path.stat())
 
     # -------------------------------------------------------------- uploads
 

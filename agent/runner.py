@@ -11,6 +11,7 @@ serving. The effective limits are the job's own, capped by the agent's ceilings.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -19,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,7 @@ MODEL_SUFFIX = {
 }
 #: Folders below the jobs folder that outlive a job and that jobs may write (TensorRT's engine cache).
 SHARED_JOB_DIRS = ("tensorrt-engines",)
+DATASET_NAME = ".dataset.npz"
 
 Progress = Callable[[JobPhase, int, str], None]
 
@@ -59,6 +62,8 @@ class JobFiles:
     dataset: Path | None
     companions: tuple[tuple[str, Path], ...] = ()
     verify: Callable[[Path], None] | None = None
+    #: Around the removal of the job's folder (see ArtifactStore.links_removed).
+    links_removed: Callable[[list[Path]], AbstractContextManager[None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,8 +131,12 @@ class JobRunner:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         model = folder / f"model{MODEL_SUFFIX[job.model.format]}"
-        # Names were validated: plain, distinct and never the model's own, case-insensitively.
+        # Names were validated: plain, distinct and never the model's own, case-insensitively. The dataset
+        # goes in too (the sandbox hides the rest of the work directory); companion names cannot start with a
+        # dot, so its name never collides with one.
         placed = [(files.model, model), *((path, folder / name) for name, path in files.companions)]
+        if files.dataset is not None:
+            placed.append((files.dataset, folder / DATASET_NAME))
         try:
             for src, dst in placed:
                 try:
@@ -137,8 +146,7 @@ class JobRunner:
                         files.verify(src)  # raises an error that says why the artifact is gone
                     raise
             if files.verify is not None:
-                used = [src for src, _ in placed] + ([files.dataset] if files.dataset else [])
-                for path in dict.fromkeys(used):
+                for path in dict.fromkeys(src for src, _ in placed):
                     files.verify(path)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
@@ -170,16 +178,13 @@ class JobRunner:
     def run(self, job: BenchmarkJob, files: JobFiles, progress: Progress, cancel: threading.Event) -> BenchmarkResult:
         started = time.time_ns()
         folder, model = self._prepare(job, files)
+        dataset = folder / DATASET_NAME if files.dataset is not None else None
         try:
-            dataset = None
-            if files.dataset is not None:
-                # Inside the job folder: the sandbox hides the rest of the work directory. Companion names
-                # cannot start with a dot, so this name never collides with one.
-                dataset = folder / ".dataset.npz"
-                _link(files.dataset, dataset)
             result = self._run_child(job, folder, model, dataset, progress, cancel, started)
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            used = [files.model, *(path for _, path in files.companions), *([files.dataset] if files.dataset else [])]
+            with files.links_removed(used) if files.links_removed else contextlib.nullcontext():
+                shutil.rmtree(folder, ignore_errors=True)
             self._pool.refill()  # the next job's process starts now, while nothing is measuring
         prov = dataclasses.replace(result.provenance, device_id=self.config.device_id, agent_version=agent.__version__)
         return dataclasses.replace(result, provenance=prov)

@@ -172,6 +172,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             companions=tuple((c.name, self._store.path_for_use(c.sha256)) for c in job.model.companions),
             # Hashing is left to the job thread, just before the job starts: a job running now is not disturbed.
             verify=self._store.verify,
+            links_removed=self._store.links_removed,
         )
         return files, digests
 

@@ -619,3 +619,34 @@ def test_stale_part_files_are_dropped_whenever_an_upload_begins(tmp_path: Path) 
     resumed.close()
     assert store.remove_stale_partials() == 1
     assert not comeback.exists()
+
+
+def test_removing_a_finished_jobs_links_keeps_the_blob_verified(tmp_path: Path) -> None:
+    """Linking a blob into a job folder and unlinking it change its ctime; the agent itself did both, so the
+    next job does not hash the blob again, unless something wrote to it in between."""
+    store = ArtifactStore(tmp_path / "store", max_artifact_bytes=2**20, max_total_bytes=2**22)
+    data = b"model bytes" * 1000
+    sha = hashlib.sha256(data).hexdigest()
+    upload = store.begin_upload(sha, len(data), 0)
+    assert upload is not None
+    upload.write(data)
+    blob = upload.commit()
+    job = tmp_path / "job"
+    job.mkdir()
+    os.link(blob, job / "model.onnx")
+    store.verify(blob)
+    assert store.is_verified(blob)
+    with store.links_removed([blob]):
+        (job / "model.onnx").unlink()
+    assert store.is_verified(blob)  # no second hash for the next job
+    # A write during the job (through the link, mtime set back) is not carried over.
+    os.link(blob, job / "model.onnx")
+    store.verify(blob)
+    st = blob.stat()
+    (job / "model.onnx").chmod(0o644)
+    with (job / "model.onnx").open("r+b") as f:
+        f.write(b"M")
+    os.utime(blob, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with store.links_removed([blob]):
+        (job / "model.onnx").unlink()
+    assert not store.is_verified(blob)
