@@ -68,6 +68,15 @@ class RuntimeStatus:
 
 
 @dataclass(frozen=True)
+class SandboxStatus:
+    """One protection of an agent's job sandbox, as the agent reports it."""
+
+    name: str
+    enforced: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class DeviceProbe:
     """What `fleet list` and a run learn about a device at one moment."""
 
@@ -90,6 +99,9 @@ class DeviceProbe:
     gpus: tuple[str, ...] = ()
     runtimes: tuple[RuntimeStatus, ...] = ()
     probed_at_ns: int = 0
+    #: What contains a job on this agent (empty for agents that predate the sandbox), and the mode asked for.
+    sandbox: tuple[SandboxStatus, ...] = ()
+    sandbox_mode: str = ""
 
     def runtime(self, name: str) -> RuntimeStatus | None:
         return next((r for r in self.runtimes if r.name == name), None)

@@ -128,7 +128,8 @@ def show(
     name: Annotated[str, typer.Argument(help="Device name.")],
     output: Annotated[ListFormat, typer.Option("--format", help="table or json.")] = ListFormat.table,
 ) -> None:
-    """Everything a device reports: hardware, runtimes (with why unavailable ones are), compatibility."""
+    """Everything a device reports: hardware, runtimes (with why unavailable ones are), compatibility, and
+    what contains a job there (the agent's sandbox: each protection, how it is enforced or why it is not)."""
     from coordinator.fleet import probe
     from coordinator.safe_text import one_line
 
@@ -174,3 +175,6 @@ def show(
                 else f"unavailable: {r.reason}"
             )
             typer.echo(one_line(f"  {r.name:<12} {detail}"))
+        typer.echo(f"job sandbox ({one_line(found.sandbox_mode) or 'not reported: agent predates it'}):")
+        for c in found.sandbox:
+            typer.echo(one_line(f"  {c.name:<14} {'yes' if c.enforced else 'NO '}  {c.detail}"))

@@ -23,6 +23,7 @@ from coordinator.types import (
     MeasurementSettings,
     ResultData,
     RuntimeStatus,
+    SandboxStatus,
     Variant,
 )
 from protos.edgebench.agent.v1 import agent_pb2 as pb
@@ -182,6 +183,8 @@ def probe_from_pb(name: str, address: str, info: pb.DeviceInfo) -> DeviceProbe:
             for r in info.runtimes[:64]
         ),
         probed_at_ns=time.time_ns(),
+        sandbox=tuple(SandboxStatus(c.name[:50], c.enforced, c.detail[:1000]) for c in info.sandbox[:32]),
+        sandbox_mode=info.sandbox_mode[:20],
     )
 
 

@@ -34,6 +34,7 @@ from coordinator.types import (
     RunData,
     RunSpec,
     RuntimeStatus,
+    SandboxStatus,
     Variant,
     variant_from_json,
 )
@@ -78,6 +79,7 @@ def _probe_from(data: dict[str, Any]) -> DeviceProbe:
         RuntimeStatus(**{**r, "providers": tuple(r.get("providers", ())), "formats": tuple(r.get("formats", ()))})
         for r in data.get("runtimes", ())
     )
+    data["sandbox"] = tuple(SandboxStatus(**c) for c in data.get("sandbox", ()))
     return DeviceProbe(**data)
 
 

@@ -78,6 +78,12 @@ def test_fleet_run_report_cycle(tmp_path: Path, agent: LocalAgent, models: dict[
     assert "box" in table.stdout and "offline" in table.stdout
     shown = edgebench(home, "fleet", "show", "box")
     assert "online" in shown.stdout and "onnxruntime" in shown.stdout and "tensorrt" in shown.stdout
+    # What contains a job there, each protection with how (or why not): the agent's own probe of this machine.
+    assert "job sandbox (auto):" in shown.stdout
+    for control in ("processes", "memory", "network", "filesystem", "secrets", "privileges", "environment"):
+        assert f"  {control}" in shown.stdout
+    shown_json = json.loads(edgebench(home, "fleet", "show", "box", "--format", "json").stdout)
+    assert {c["name"] for c in shown_json["sandbox"]} >= {"processes", "network", "secrets"}
     assert edgebench(home, "fleet", "remove", "offline").returncode == 0
 
     done = edgebench(
