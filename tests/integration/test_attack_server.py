@@ -275,6 +275,12 @@ class IdleUpload:
         self._gate.set()
 
 
+def wait_for_runtime_probe(agent: LocalAgent) -> None:
+    """Device info waits for the agent's start-up runtime probe (seconds); after it, it answers at once."""
+    with agent.client() as client:
+        assert client.device_info().device_id
+
+
 def unary_calls_answer_quickly(agent: LocalAgent) -> None:
     """From a new connection: device info (token) and health Check (no token) each answer within 1 s."""
     with conn(agent) as other:
@@ -293,7 +299,7 @@ def test_idle_streams_of_one_client_leave_threads_for_everyone_else(
     a second. Streams whose client went away give their slot (and thread) back promptly."""
     agent = agent_factory()
     sha = upload_null_model(agent, models)
-    unary_calls_answer_quickly(agent)  # the runtime probe has finished: device info answers at once
+    wait_for_runtime_probe(agent)
     long = null_job(sha, long=True)
     uploads: list[IdleUpload] = []
     calls: list[grpc.Call] = []
@@ -344,7 +350,7 @@ def test_streams_are_bounded_in_total_below_the_thread_pool(agent_factory: Facto
     default half of the 32 worker threads) still refuses the excess and leaves threads free."""
     agent = agent_factory("--max-streams-per-client", "16")
     sha = upload_null_model(agent, models)
-    unary_calls_answer_quickly(agent)
+    wait_for_runtime_probe(agent)
     long = null_job(sha, long=True)
     uploads: list[IdleUpload] = []
     with conn(agent) as c:
@@ -374,6 +380,7 @@ def test_reflection_streams_count_as_streams(agent_factory: Factory) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     agent = agent_factory("--reflection")
+    wait_for_runtime_probe(agent)
     gate = threading.Event()
 
     def requests() -> Iterator[reflection_pb2.ServerReflectionRequest]:
