@@ -227,26 +227,34 @@ class Campaign:
         self.job_s: list[float] = []  # seconds per job of one device slot
         self.cycle_no = 0
 
-    def _choose(self, fresh: bool, sha: str) -> str:
-        """The next moment ("" = enough kills: let the process end). Targeted moments first, each in a process
-        where it can still happen: "planned" in a fresh run, "upload" while an agent lacks the model."""
+    def _left(self, run_id: str) -> int:
+        """Jobs of the run without a stored result (all of them before it is stored)."""
+        if not run_id:
+            return len(self.agents)
+        return _one(self.db, "SELECT COUNT(*) FROM jobs j WHERE run_id = ? AND NOT EXISTS "
+                             "(SELECT 1 FROM results r WHERE r.job_id = j.job_id)", (run_id,))  # fmt: skip
+
+    def _choose(self, run_id: str, sha: str) -> str:
+        """The next moment ("" = let the process end). Targeted moments first, each in a process where it can
+        still happen: "planned" in a fresh run, "upload" while an agent lacks the model, the others while jobs
+        are left. Then random ones, while jobs are left (once every result is stored, only the run's finish is
+        left: "last-result" kills there once; more random kills there would spend the points on one state)."""
         if len(self.figures.kills) >= self.plan.points:
             return ""
+        left = self._left(run_id)
         uploaded = all((a.workdir / "artifacts" / "blobs" / sha).exists() for a in self.hosts)
         for moment in self.pending:
-            if (moment != "planned" or fresh) and (moment != "upload" or not uploaded):
-                return moment
-        return "random"
+            if (moment == "planned" and run_id) or (moment == "upload" and uploaded) or left == 0:
+                continue
+            return moment
+        return "random" if left else ""
 
     def _random_delay(self, run_id: str) -> float:
-        left = len(self.agents)
-        if run_id:
-            left = _one(self.db, "SELECT COUNT(*) FROM jobs j WHERE run_id = ? AND NOT EXISTS "
-                                 "(SELECT 1 FROM results r WHERE r.job_id = j.job_id)", (run_id,))  # fmt: skip
-        slots = min(self.plan.device_concurrency or len(self.agents), len(self.agents))
+        """Uniform within the estimated time the process needs: its start-up, then the jobs left per slot."""
+        slots = min(self.plan.device_concurrency or len(self.agents), len(self.hosts))
         startup = statistics.median(self.startup_s) if self.startup_s else 1.5
         job = statistics.median(self.job_s) if self.job_s else 0.5
-        return self.rng.uniform(0.0, startup + job * math.ceil(left / slots))
+        return self.rng.uniform(0.0, startup + job * math.ceil(self._left(run_id) / slots))
 
     def _fired(self, moment: str, w: _Watch, elapsed: float, delay: float, results: int) -> str:
         """Why to kill now ("" = not yet)."""
@@ -304,7 +312,7 @@ class Campaign:
         if first_write:
             self.startup_s.append(first_write)
         if seen - w.results_before >= 2:
-            slots = min(self.plan.device_concurrency or len(self.agents), len(self.agents))
+            slots = min(self.plan.device_concurrency or len(self.agents), len(self.hosts))
             self.job_s.append((last_t - first_t) / (seen - w.results_before - 1) * slots)
         if killed and not why:
             return run_id, -1, f"did not end within {self.plan.cycle_timeout_s:.0f} s"
@@ -328,7 +336,7 @@ class Campaign:
         sha, first_kill, check = sha256_file(model), len(self.figures.kills), RunCheck()
         snapshots: Rows = {}
         for n in range(self.plan.points + 10):
-            check.run_id, code, tail = self.cycle(model, sha, check.run_id, self._choose(not check.run_id, sha))
+            check.run_id, code, tail = self.cycle(model, sha, check.run_id, self._choose(check.run_id, sha))
             check.cycles = n + 1
             if check.run_id:
                 self._snapshot(check, snapshots)
