@@ -43,9 +43,10 @@ from coordinator.store.sqlite import Store
 from protos.edgebench.agent.v1 import agent_pb2 as pb
 
 #: planned: the run is committed, nothing sent yet; upload: the model's part file grows on an agent;
-#: running: an agent reports a job of the run RUNNING; result: a new result row was just committed;
-#: last-result: the run's last result was just committed (before the run is marked finished).
-TARGETED = ("planned", "upload", "running", "result", "last-result")
+#: running: an agent reports a job of the run RUNNING; unstored-result: an agent reports a job FINISHED (its
+#: result sent or being sent) and the store has no result for it yet; result: a new result row was just
+#: committed; last-result: the run's last result was just committed (before the run is marked finished).
+TARGETED = ("planned", "upload", "running", "unstored-result", "result", "last-result")
 #: Quick null-runtime jobs: a few tenths of a second each, the job process's start included.
 RUN_FLAGS = ("--runtimes", "null", "--warmup", "1", "--min-iterations", "5", "--min-duration", "0.05",
              "--max-duration", "5", "--timeout", "120")  # fmt: skip
@@ -57,7 +58,7 @@ Rows = dict[str, tuple[bytes, str]]  # job id -> (samples blob, result JSON) as 
 class CrashPlan:
     """What to try: `points` kills in all (TARGETED first, then random ones)."""
 
-    points: int = 6
+    points: int = 7
     seed: int = 0
     agents: int = 2
     names_per_agent: int = 6
@@ -208,11 +209,15 @@ class _Watch:
         fresh = [r["run_id"] for r in _rows(self.db, "SELECT run_id FROM runs") if r["run_id"] not in self.known_runs]
         return str(fresh[0]) if fresh else ""
 
-    def running(self) -> tuple[str, str] | None:
-        """(job id, device) of a job this process marked RUNNING."""
-        rows = _rows(self.db, "SELECT job_id, device FROM jobs WHERE run_id = ? AND status = 'running' "
-                              "AND updated_at_ns >= ?", (self.run_id, self.spawn_ns))  # fmt: skip
-        return (rows[0]["job_id"], rows[0]["device"]) if rows else None
+    def running(self) -> list[tuple[str, str]]:
+        """(job id, device) of the jobs this process marked RUNNING that have no result row yet."""
+        rows = _rows(self.db, "SELECT job_id, device FROM jobs j WHERE run_id = ? AND status = 'running' AND "
+                              "updated_at_ns >= ? AND NOT EXISTS (SELECT 1 FROM results r WHERE r.job_id = j.job_id)",
+                     (self.run_id, self.spawn_ns))  # fmt: skip
+        return [(r["job_id"], r["device"]) for r in rows]
+
+    def stored(self, job_id: str) -> bool:
+        return bool(_rows(self.db, "SELECT 1 FROM results WHERE job_id = ?", (job_id,)))
 
 
 class Campaign:
@@ -268,11 +273,14 @@ class Campaign:
             return "the run's last result just committed"
         if moment == "random" and elapsed >= delay:
             return f"random delay {delay:.3f} s"
-        if moment == "running" and w.run_id and (found := w.running()):
-            job_id, device = found
-            with contextlib.suppress(Exception), self.agents[device].client(timeout_s=5.0) as client:
-                if client.get_result(job_id).state == pb.JOB_STATE_RUNNING:
-                    return f"the agent reports {job_id} RUNNING"
+        if moment in ("running", "unstored-result") and w.run_id:
+            for job_id, device in w.running():
+                with contextlib.suppress(Exception), self.agents[device].client(timeout_s=5.0) as client:
+                    state = client.get_result(job_id).state
+                    if moment == "running" and state == pb.JOB_STATE_RUNNING:
+                        return f"the agent reports {job_id} RUNNING"
+                    if moment == "unstored-result" and state == pb.JOB_STATE_FINISHED and not w.stored(job_id):
+                        return f"the agent has finished {job_id}; its result is not stored yet"
         return ""
 
     def cycle(self, model: Path, sha: str, run_id: str, moment: str) -> tuple[str, int | None, str]:

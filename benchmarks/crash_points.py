@@ -5,9 +5,10 @@ loopback, each registered under several device names with `edgebench fleet add`;
 null-runtime model (padded to --model-mib so that a kill can land inside the upload) as a child process;
 SIGKILL of its process group at a moment, then `edgebench run --resume RUN_ID`, killed again, ... until a
 resume completes; new runs until --points kills were made. Moments: planned (run committed, nothing sent),
-upload (the model's part file growing on an agent), running (an agent reports a job RUNNING), result (right
-after a result row is committed), last-result (after the run's last result, before the run is finished),
-then random delays within the estimated time left (seeded).
+upload (the model's part file growing on an agent), running (an agent reports a job RUNNING),
+unstored-result (an agent reports a job FINISHED, the store has no result for it yet), result (right after a
+result row is committed), last-result (after the run's last result, before the run is finished), then random
+delays within the estimated time left (seeded), while jobs are left.
 
 Each run is then checked with sqlite3 on the store and GetBenchmarkResult on the agents. Targets: every kill
 point survived; 0 results lost (a planned cell without its result, a result seen after a kill and gone
@@ -64,7 +65,7 @@ def rows(figures: CrashFigures, plan: CrashPlan) -> list[Row]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", type=int, default=20, help="kill points (default 20)")
-    parser.add_argument("--quick", action="store_true", help="short run: 6 kill points")
+    parser.add_argument("--quick", action="store_true", help="short run: 7 kill points")
     parser.add_argument("--seed", type=int, default=None, help="replay a seed (default: a fresh one, printed)")
     parser.add_argument("--agents", type=int, default=2)
     parser.add_argument("--names-per-agent", type=int, default=6, help="device names registered per agent")
@@ -75,7 +76,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs of every process)")
     args = parser.parse_args()
     plan = CrashPlan(
-        points=6 if args.quick else args.points,
+        points=7 if args.quick else args.points,
         seed=random.SystemRandom().randrange(1_000_000) if args.seed is None else args.seed,
         agents=args.agents,
         names_per_agent=args.names_per_agent,

@@ -6,7 +6,8 @@ process, SIGKILL of its process group at a moment, `edgebench run --resume`, aga
 completes; then the store is read with sqlite3 and every stored result is compared with the agent's own kept
 result (GetBenchmarkResult).
 
-Fast by default (6 kill points: planned, upload, running, result, last-result, one random; ~20-40 s).
+Fast by default (7 kill points: planned, upload, running, unstored-result, result, last-result, one random;
+15-45 s).
 Long mode: `EDGEBENCH_CRASH_POINTS=20` (or more). `EDGEBENCH_CRASH_SEED=S` replays a seed (the seed and every
 kill's moment and time are printed, and in the failure message).
 
@@ -36,7 +37,7 @@ from benchmarks._kill_resume import TARGETED, Campaign, CrashPlan, RunCheck, fle
 from coordinator.dispatch.client import AgentClient, sha256_file
 from coordinator.dispatch.local import LocalAgent
 
-POINTS = int(os.environ.get("EDGEBENCH_CRASH_POINTS") or 6)
+POINTS = int(os.environ.get("EDGEBENCH_CRASH_POINTS") or 7)
 SEED = int(os.environ.get("EDGEBENCH_CRASH_SEED") or random.SystemRandom().randrange(1_000_000))
 
 
