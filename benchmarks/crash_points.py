@@ -1,6 +1,6 @@
 """Crash points: SIGKILL the coordinator at many moments of real fleet runs, resume each time, count the damage.
 
-The procedure is `_kill_resume.py` (shared with tests/integration/test_crash_points.py): real agents on
+The procedure is `_kill_resume/` (shared with tests/integration/test_crash_points.py): real agents on
 loopback, each registered under several device names with `edgebench fleet add`; `edgebench run` of a
 null-runtime model (padded to --model-mib so that a kill can land inside the upload) as a child process;
 SIGKILL of its process group at a moment, then `edgebench run --resume RUN_ID`, killed again, ... until a

@@ -1,6 +1,6 @@
 """Kill the coordinator at many points of fleet runs, resume each time, then check the store against the agents.
 
-The procedure, shared by `tests/integration/test_crash_points.py` and `benchmarks/crash_points.py`:
+The procedure:
 
 1. Start `agents` real agents on 127.0.0.1:0 and register each under `names_per_agent` device names in a
    fresh store with the real CLI (`edgebench --db DB fleet add`). Each name is a device to the coordinator
@@ -12,7 +12,7 @@ The procedure, shared by `tests/integration/test_crash_points.py` and `benchmark
    and so on until a resume ends by itself. Moments: first, once each on purpose, those of TARGETED; then
    "random" (a seeded uniform delay within the estimated time left). A run that completes before enough
    kills were made is followed by a new one.
-4. Each run is checked with sqlite3 on the store and GetBenchmarkResult on the agents (see `verify`):
+4. Each run is checked with sqlite3 on the store and GetBenchmarkResult on the agents (`checks.verify`):
    nothing lost, nothing duplicated, nothing altered.
 
 Seeded, and every kill is logged with its moment and time, so a failure can be replayed (timing on a loaded
@@ -27,7 +27,6 @@ import math
 import os
 import random
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -38,9 +37,9 @@ from pathlib import Path
 
 from coordinator.dispatch.client import sha256_file
 from coordinator.dispatch.local import LocalAgent, start_agent
-from coordinator.dispatch.wire import result_from_pb
-from coordinator.store.sqlite import Store
 from protos.edgebench.agent.v1 import agent_pb2 as pb
+
+from .checks import Rows, RunCheck, one, result_rows, rows, verify
 
 #: planned: the run is committed, nothing sent yet; upload: the model's part file grows on an agent;
 #: running: an agent reports a job of the run RUNNING; unstored-result: an agent reports a job FINISHED (its
@@ -51,7 +50,6 @@ TARGETED = ("planned", "upload", "running", "unstored-result", "result", "last-r
 RUN_FLAGS = ("--runtimes", "null", "--warmup", "1", "--min-iterations", "5", "--min-duration", "0.05",
              "--max-duration", "5", "--timeout", "120")  # fmt: skip
 POLL_S = 0.003
-Rows = dict[str, tuple[bytes, str]]  # job id -> (samples blob, result JSON) as stored
 
 
 @dataclass(frozen=True)
@@ -82,22 +80,6 @@ class KillPoint:
 
 
 @dataclass
-class RunCheck:
-    run_id: str = ""
-    cells: int = 0
-    results: int = 0
-    cycles: int = 0
-    lost: list[str] = field(default_factory=list)
-    duplicated: list[str] = field(default_factory=list)
-    altered: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)  # crashed resumes, runs that never complete
-
-    @property
-    def clean(self) -> bool:
-        return not (self.lost or self.duplicated or self.altered or self.errors)
-
-
-@dataclass
 class CrashFigures:
     seed: int
     kills: list[KillPoint] = field(default_factory=list)
@@ -115,12 +97,7 @@ class CrashFigures:
         return sum(len(getattr(r, what)) for r in self.runs)
 
     def problems(self) -> list[str]:
-        return [
-            f"run {r.run_id}: {what}: {m}"
-            for r in self.runs
-            for what in ("lost", "duplicated", "altered", "errors")
-            for m in getattr(r, what)
-        ]
+        return [f"run {r.run_id}: {p}" for r in self.runs for p in r.problems()]
 
 
 # ---------------------------------------------------------------------------------------------- fleet
@@ -167,23 +144,6 @@ def padded_null_model(path: Path, mib: int, nonce: str) -> Path:
     return path
 
 
-def _rows(db: Path, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
-    """A short-lived read (WAL: never blocks the coordinator's writes)."""
-    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
-        conn.row_factory = sqlite3.Row
-        return conn.execute(sql, params).fetchall()
-
-
-def _one(db: Path, sql: str, params: tuple[object, ...] = ()) -> int:
-    return int(_rows(db, sql, params)[0][0] or 0)
-
-
-def result_rows(db: Path, run_id: str) -> Rows:
-    rows = _rows(db, "SELECT r.job_id, r.samples, r.result_json FROM results r JOIN jobs j ON j.job_id = r.job_id "
-                     "WHERE j.run_id = ?", (run_id,))  # fmt: skip
-    return {r["job_id"]: (bytes(r["samples"]), r["result_json"]) for r in rows}
-
-
 # ---------------------------------------------------------------------------------------------- campaign
 
 
@@ -202,22 +162,22 @@ class _Watch:
     def results(self) -> int:
         if not self.run_id:
             return 0
-        return _one(self.db, "SELECT COUNT(*) FROM results r JOIN jobs j ON j.job_id = r.job_id WHERE j.run_id = ?",
+        return one(self.db, "SELECT COUNT(*) FROM results r JOIN jobs j ON j.job_id = r.job_id WHERE j.run_id = ?",
                     (self.run_id,))  # fmt: skip
 
     def find_run(self) -> str:
-        fresh = [r["run_id"] for r in _rows(self.db, "SELECT run_id FROM runs") if r["run_id"] not in self.known_runs]
+        fresh = [r["run_id"] for r in rows(self.db, "SELECT run_id FROM runs") if r["run_id"] not in self.known_runs]
         return str(fresh[0]) if fresh else ""
 
     def running(self) -> list[tuple[str, str]]:
         """(job id, device) of the jobs this process marked RUNNING that have no result row yet."""
-        rows = _rows(self.db, "SELECT job_id, device FROM jobs j WHERE run_id = ? AND status = 'running' AND "
+        found = rows(self.db, "SELECT job_id, device FROM jobs j WHERE run_id = ? AND status = 'running' AND "
                               "updated_at_ns >= ? AND NOT EXISTS (SELECT 1 FROM results r WHERE r.job_id = j.job_id)",
                      (self.run_id, self.spawn_ns))  # fmt: skip
-        return [(r["job_id"], r["device"]) for r in rows]
+        return [(r["job_id"], r["device"]) for r in found]
 
     def stored(self, job_id: str) -> bool:
-        return bool(_rows(self.db, "SELECT 1 FROM results WHERE job_id = ?", (job_id,)))
+        return bool(rows(self.db, "SELECT 1 FROM results WHERE job_id = ?", (job_id,)))
 
 
 class Campaign:
@@ -236,7 +196,7 @@ class Campaign:
         """Jobs of the run without a stored result (all of them before it is stored)."""
         if not run_id:
             return len(self.agents)
-        return _one(self.db, "SELECT COUNT(*) FROM jobs j WHERE run_id = ? AND NOT EXISTS "
+        return one(self.db, "SELECT COUNT(*) FROM jobs j WHERE run_id = ? AND NOT EXISTS "
                              "(SELECT 1 FROM results r WHERE r.job_id = j.job_id)", (run_id,))  # fmt: skip
 
     def _choose(self, run_id: str, sha: str) -> str:
@@ -293,7 +253,7 @@ class Campaign:
         w = _Watch(self.db, run_id, len(self.agents), time.time_ns(), {p: p.stat().st_size if p.exists() else -1
                                                                         for p in parts})  # fmt: skip
         w.results_before = w.results()
-        w.known_runs = {r["run_id"] for r in _rows(self.db, "SELECT run_id FROM runs")}
+        w.known_runs = {r["run_id"] for r in rows(self.db, "SELECT run_id FROM runs")}
         delay = self._random_delay(run_id) if moment == "random" else 0.0
         out = self.workdir / f"cycle-{self.cycle_no:03d}.log"
         why, first_write, seen, first_t, last_t = "", 0.0, w.results_before, 0.0, 0.0
@@ -352,7 +312,7 @@ class Campaign:
                 continue  # killed: resume it (or start again if the run was not stored yet)
             if code != 0:
                 check.errors.append(f"cycle {self.cycle_no} exited with {code}: {tail}")
-            if not check.run_id or _one(self.db, "SELECT finished_at_ns FROM runs WHERE run_id = ?", (check.run_id,)):
+            if not check.run_id or one(self.db, "SELECT finished_at_ns FROM runs WHERE run_id = ?", (check.run_id,)):
                 break
             if code == 0 or len(check.errors) >= 3:
                 check.errors.append(f"the run is not finished after cycle {self.cycle_no}")
@@ -362,7 +322,7 @@ class Campaign:
         for kill in self.figures.kills[first_kill:]:
             kill.run_id = check.run_id  # kills before the run was stored belong to it too
         if check.run_id:
-            self.verify(check, snapshots)
+            verify(self.db, self.agents, check, snapshots)
         return check
 
     def _snapshot(self, check: RunCheck, snapshots: Rows) -> None:
@@ -370,69 +330,6 @@ class Campaign:
         for job_id, row in result_rows(self.db, check.run_id).items():
             if snapshots.setdefault(job_id, row) != row:
                 check.altered.append(f"result of {job_id} changed in cycle {self.cycle_no}")
-
-    def verify(self, check: RunCheck, snapshots: Rows) -> None:
-        """lost: a planned cell without a stored result, a run not marked finished, a result row that was seen
-        after some cycle and is gone later, a job the agent has no finished result for. duplicated: a cell
-        with more than one job or result row, an unplanned cell, a result row without its job, a job id in two
-        runs, a cell measured twice on an agent (another job id of the run in its kept results: a resume ran
-        it again instead of re-attaching or fetching). altered: a result row that changed after it was first
-        seen, or a stored result that is not the agent's own kept result for that job id."""
-        db, run_id = self.db, check.run_id
-        planned = {(name, "fp32", "null") for name in self.agents}
-        check.cells = len(planned)
-        if not _one(db, "SELECT finished_at_ns FROM runs WHERE run_id = ?", (run_id,)):
-            check.lost.append("the run is not marked finished")
-        jobs = _rows(db, "SELECT job_id, device, variant, runtime, status FROM jobs WHERE run_id = ?", (run_id,))
-        cells: dict[tuple[str, str, str], list[str]] = {}
-        for j in jobs:
-            cells.setdefault((j["device"], j["variant"], j["runtime"]), []).append(j["job_id"])
-        check.duplicated += [f"cell {c} has job rows {ids}" for c, ids in cells.items() if len(ids) > 1]
-        check.duplicated += [f"unplanned cell {c}" for c in sorted(set(cells) - planned)]
-        check.lost += [f"planned cell {c} has no job row" for c in sorted(planned - set(cells))]
-        check.lost += [f"job {j['job_id']} ended {j['status']}" for j in jobs if j["status"] != "succeeded"]
-        ids = [j["job_id"] for j in jobs]
-        check.duplicated += [f"job id {i} stored {ids.count(i)} times" for i in set(ids) if ids.count(i) > 1]
-        for r in _rows(db, "SELECT job_id, run_id FROM jobs WHERE run_id != ? AND job_id IN "
-                           "(SELECT job_id FROM jobs WHERE run_id = ?)", (run_id, run_id)):  # fmt: skip
-            check.duplicated.append(f"job id {r['job_id']} also in run {r['run_id']}")
-        counts = {r["job_id"]: r["n"] for r in _rows(
-            db, "SELECT job_id, COUNT(*) AS n FROM results WHERE job_id IN (SELECT job_id FROM jobs WHERE run_id = ?) "
-                "GROUP BY job_id", (run_id,))}  # fmt: skip
-        check.results = sum(counts.values())
-        check.duplicated += [f"job {i} has {n} result rows" for i, n in counts.items() if n > 1]
-        check.lost += [f"job {i} has no result row" for i in ids if i not in counts]
-        orphans = _rows(db, "SELECT job_id FROM results WHERE job_id NOT IN (SELECT job_id FROM jobs)")
-        check.duplicated += [f"result row {r['job_id']} without its job" for r in orphans]
-        final = result_rows(db, run_id)
-        for job_id, row in snapshots.items():
-            if job_id not in final:
-                check.lost.append(f"result of {job_id}, stored during the run, is gone")
-            elif final[job_id] != row:
-                check.altered.append(f"result of {job_id} changed after it was first stored")
-        self._against_agents(check, ids)
-
-    def _against_agents(self, check: RunCheck, ids: list[str]) -> None:
-        store = Store(self.db)
-        try:
-            stored = {j.job_id: (j.device, j.result) for j in store.jobs(check.run_id)}
-        finally:
-            store.close()
-        for job_id, (device, mine) in stored.items():
-            if mine is None:
-                continue  # already counted as lost
-            with self.agents[device].client(timeout_s=30.0) as client:
-                known = client.get_result(job_id)
-            if known.state != pb.JOB_STATE_FINISHED:
-                check.lost.append(f"the agent has no finished result for {job_id}")
-            elif result_from_pb(known.result, job_id) != mine:
-                check.altered.append(f"stored result of {job_id} is not the agent's")
-        for agent in self.hosts:
-            for path in (agent.workdir / "results").glob("*.json"):
-                with contextlib.suppress(OSError, ValueError, KeyError):
-                    job_id = json.loads(path.read_text())["job"]["job_id"]
-                    if job_id.startswith(check.run_id + ".") and job_id not in ids:
-                        check.duplicated.append(f"agent {agent.address} also measured {job_id}")
 
     def run_all(self) -> CrashFigures:
         """Runs, each killed and resumed until it completes and verified, until `points` kills were made."""
@@ -446,8 +343,7 @@ class Campaign:
                 break
             check = self.run_once(index)
             self.figures.runs.append(check)
-            problems = [f"{w}: {m}" for w in ("lost", "duplicated", "altered", "errors") for m in getattr(check, w)]
-            verdict = "clean" if check.clean else "PROBLEMS:\n  " + "\n  ".join(problems)
+            verdict = "clean" if check.clean else "PROBLEMS:\n  " + "\n  ".join(check.problems())
             self.log(f"run {check.run_id}: {check.results}/{check.cells} results, {check.cycles} processes; {verdict}")
             if check.errors:
                 break  # a run that cannot complete: later runs would only repeat it
