@@ -15,6 +15,11 @@ F1 (found by this procedure at full device concurrency): two callers uploading t
 agent, one of them beginning just as the other publishes, get FAILED_PRECONDITION ("asked to resume at
 offset N but 0 bytes are committed"); the dispatcher counts that as a refusal and the cell ends FAILED, which
 `run --resume` does not redo: a result lost without any crash.
+
+F2 (found the same way with more device names per agent): an agent refuses streams beyond
+--max-streams-per-client (8) from one client host with RESOURCE_EXHAUSTED; the coordinator keeps one open
+RunBenchmark stream per device name while its job waits in the agent's queue, and the dispatcher counts
+RESOURCE_EXHAUSTED as a refusal: those cells end FAILED, and `run --resume` does not redo them.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import json
 import os
 import random
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +39,17 @@ from pathlib import Path
 import grpc
 import pytest
 
-from benchmarks._kill_resume import TARGETED, Campaign, CrashPlan, RunCheck, fleet, result_rows, verify
+from benchmarks._kill_resume import (
+    TARGETED,
+    Campaign,
+    CrashPlan,
+    RunCheck,
+    fleet,
+    padded_null_model,
+    result_rows,
+    verify,
+)
+from benchmarks._kill_resume.campaign import cli
 from coordinator.dispatch.client import AgentClient, sha256_file
 from coordinator.dispatch.local import LocalAgent
 
@@ -173,3 +189,36 @@ def test_f1_concurrent_uploads_of_one_artifact_to_a_real_agent_all_succeed(
         for c in clients:
             c.close()
     assert failures == []
+
+
+# ---------------------------------------------------------------------------------------------- F2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="F2: coordinator/dispatch/dispatcher.py REFUSALS holds RESOURCE_EXHAUSTED, so an agent's transient "
+    "'too many open streams' refusal is stored as a final FAILED that --resume never redoes",
+)
+def test_f2_jobs_queued_beyond_an_agents_stream_limit_are_not_lost(
+    agent_factory: Callable[..., LocalAgent], tmp_path: Path
+) -> None:
+    """One agent registered under 10 device names, its model already uploaded (so F1 cannot interfere), one
+    `edgebench run`: 10 jobs wait on the agent at once, over its default limit of 8 streams per client host.
+    Every cell must end with a measurement, or be left for `run --resume` (a non-final status); a cell stored
+    FAILED for "too many open streaming RPCs" is lost."""
+    agent = agent_factory()
+    db = tmp_path / "home" / "edgebench.db"
+    model = padded_null_model(tmp_path / "null.json", 0, "f2")
+    with agent.client() as client:
+        client.upload(model)
+    env = {**os.environ, "EDGEBENCH_HOME": str(db.parent)}
+    for j in range(10):
+        add = cli(db, "fleet", "add", f"d{j}", agent.address, "--token-file", str(agent.workdir / "token"))
+        assert subprocess.run(add, env=env, capture_output=True, timeout=60, check=False).returncode == 0
+    # Each job measures >= 1 s, so all 10 streams are open while the first job runs, however slow the start.
+    run = cli(db, "run", str(model), "--runtimes", "null", "--min-duration", "1", "--min-iterations", "5")
+    subprocess.run(run, env=env, capture_output=True, timeout=240, check=False)
+    with closing(sqlite3.connect(db)) as conn:
+        refused = conn.execute("SELECT device, message FROM jobs WHERE status = 'failed'").fetchall()
+    assert refused == []
