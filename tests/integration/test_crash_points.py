@@ -20,6 +20,10 @@ F2 (found the same way with more device names per agent): an agent refuses strea
 --max-streams-per-client (8) from one client host with RESOURCE_EXHAUSTED; the coordinator keeps one open
 RunBenchmark stream per device name while its job waits in the agent's queue, and the dispatcher counts
 RESOURCE_EXHAUSTED as a refusal: those cells end FAILED, and `run --resume` does not redo them.
+
+The crash procedure runs with `--device-concurrency 1` (its agents share this host, the flag's documented
+use), so neither F1 nor F2 can strike inside it; `benchmarks/crash_points.py --device-concurrency 0` and
+`--names-per-agent 10` show them in runs.
 """
 
 from __future__ import annotations
@@ -82,8 +86,8 @@ def test_coordinator_killed_at_many_points_loses_duplicates_and_alters_nothing(
         assert set(TARGETED[:POINTS]) <= {k.moment for k in figures.kills}, replay
         assert figures.survived == POINTS, replay
         assert figures.runs and all(r.results == r.cells == len(agents) for r in figures.runs), replay
-        # A result that arrived before a kill was never measured again: each run's kill points include one
-        # right after a result and one right after the last result, and nothing was "also measured".
+        # Among the kills: one while an agent had a finished result the store lacked, one right after a result
+        # and one right after the last; none of those jobs was measured again ("also measured" is checked).
         _checks_find_damage(campaign, figures.runs[-1], tmp_path / "damaged.db")
 
 
