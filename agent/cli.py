@@ -73,6 +73,10 @@ def serve(
     cgroup_root: Annotated[
         Path | None, typer.Option(help="Delegated cgroup v2 folder for job cgroups (default: the agent's own).")
     ] = None,
+    fault_injection: Annotated[
+        bool | None,
+        typer.Option("--fault-injection", help="Tests of the sandbox only: jobs may act hostile.", hidden=True),
+    ] = None,
     max_artifact_bytes: Annotated[int | None, typer.Option(help="Largest artifact accepted (default 4 GiB).")] = None,
     max_cache_bytes: Annotated[
         int | None, typer.Option(help="Artifact cache cap; LRU eviction (default 20 GiB).")
@@ -140,6 +144,7 @@ def serve(
             max_job_wall_time_s=max_job_timeout_s,
             sandbox=None if sandbox is None else sandbox.value,
             cgroup_root=cgroup_root,
+            fault_injection=fault_injection,
             max_workers=max_workers,
             max_streams_per_client=max_streams_per_client,
             max_streams_total=max_streams_total,
@@ -166,12 +171,17 @@ def serve(
             "on loopback (127.0.0.1 or ::1) behind an encrypted tunnel.",
             err=True,
         )
+    if settings.fault_injection:
+        typer.echo("WARNING: --fault-injection: jobs may run hostile test behaviours. Tests only.", err=True)
     if settings.token_file_exposed():
         typer.echo(f"WARNING: {settings.token_file} is readable by other users; chmod 600 it.", err=True)
+    from agent.sandbox.policy import SandboxError
     from agent.server import build
 
     try:
         running = build(settings)
+    except SandboxError as exc:
+        _fail(str(exc), EXIT_SETTINGS)
     except (OSError, RuntimeError) as exc:
         _fail(str(exc), EXIT_BIND)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see what a stuck agent is doing.

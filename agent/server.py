@@ -6,6 +6,7 @@ Health is SERVING while the agent can work and NOT_SERVING while its work direct
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
@@ -172,6 +173,7 @@ def build(settings: AgentSettings) -> RunningAgent:
             sandbox=settings.sandbox,
             cgroup_root=settings.cgroup_root,
             secret_paths=settings.secret_paths,
+            fault_injection=settings.fault_injection,
         ),
     )
     health_servicer = health.HealthServicer()
@@ -190,7 +192,8 @@ def build(settings: AgentSettings) -> RunningAgent:
     probe = RuntimeProbe()
 
     def device_info() -> DeviceInfo:
-        return collect_device_info(workdir, probe.get(), agent.__version__)
+        info = collect_device_info(workdir, probe.get(), agent.__version__)
+        return dataclasses.replace(info, sandbox=runner.sandbox.controls(), sandbox_mode=runner.sandbox.mode)
 
     token = settings.read_token()
     # Authentication first: a call without the token never takes a stream slot.
