@@ -387,6 +387,8 @@ class ArtifactStore:
                 raise UploadInProgress(
                     f"artifact {sha256[:12]} is already being uploaded by another call; retry once it is done"
                 )
+            if self.has(sha256):
+                return None  # another call published it since the check above (publishing holds this lock)
             self.remove_stale_partials(keep=sha256)
             committed = self.committed_offset(sha256)
             if offset not in (0, committed) or offset > size:

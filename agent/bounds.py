@@ -130,8 +130,20 @@ def _refuse(context: grpc.ServicerContext, slots: Slots) -> list[str]:
     keys = client_keys(context)
     refusal = slots.acquire(keys)
     if refusal is not None:
-        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+        busy(context, refusal)
     return keys
+
+
+#: Trailing metadata gRPC clients read as "retry after this many milliseconds" (gRPC's retry pushback).
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+RETRY_PUSHBACK_MS = 2000
+
+
+def busy(context: grpc.ServicerContext, message: str) -> None:
+    """Refuse a call the agent is too busy for right now (a stream or queue limit), with RESOURCE_EXHAUSTED
+    and a retry pushback: the coordinator waits and sends it again instead of failing the job."""
+    context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(RETRY_PUSHBACK_MS)),))
+    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
 
 def _bounded_response_stream(handler: Any, slots: Slots) -> Any:

@@ -12,7 +12,7 @@ from typing import NoReturn
 
 import grpc
 
-from agent import wire
+from agent import bounds, wire
 from agent.artifacts import (
     ArtifactError,
     ArtifactMissing,
@@ -146,7 +146,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         except JobConflict as exc:
             _fail(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
         except QueueFull as exc:
-            _fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            bounds.busy(context, str(exc))
+            raise AssertionError("unreachable: ServicerContext.abort raises") from None
         except RuntimeError as exc:
             _fail(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         # A client that goes away does not cancel the job: it can re-attach or fetch the result later. Its

@@ -48,6 +48,21 @@ REFUSALS = {
 }
 
 
+def retry_pushback_s(exc: grpc.RpcError) -> float | None:
+    """Seconds to wait when the agent said "busy, retry later" (RESOURCE_EXHAUSTED with gRPC's retry-pushback
+    trailer), else None. Bounded: a hostile agent cannot park the coordinator."""
+    if not hasattr(exc, "code") or exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    trailers = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailers or ():
+        if key == "grpc-retry-pushback-ms":
+            try:
+                return min(10.0, max(0.1, int(value) / 1000))
+            except (TypeError, ValueError):
+                return 1.0
+    return None
+
+
 @dataclass(frozen=True)
 class DispatchEvent:
     """What the live display and the logs see. `kind`: device | progress | result."""
@@ -86,6 +101,7 @@ class Dispatcher:
         *,
         on_event: OnEvent | None = None,
         reconnect_s: float = 15.0,
+        busy_s: float = 600.0,
         device_concurrency: int = 0,
         connect_fn: Callable[[Device], AgentClient] = connect,
         probe_fn: Callable[[Device], DeviceProbe] = probe,
@@ -93,6 +109,8 @@ class Dispatcher:
         self._store = store
         self._emit = on_event or (lambda _e: None)
         self._reconnect_s = reconnect_s
+        #: How long a job waits while its agent answers "busy, retry later" (stream or queue limits).
+        self._busy_s = busy_s
         #: How many devices run at once (0 = all). Agents that share a host must not measure concurrently.
         self._device_concurrency = device_concurrency
         self._connect = connect_fn
@@ -258,7 +276,7 @@ class Dispatcher:
         self._store.set_job_status(job_id, JobStatus.RUNNING)
         request = build_job(job_id, variant, job.runtime, run.spec.settings, run.spec.dataset_sha256, artifact)
         dispatched = time.time_ns()
-        deadline = 0.0
+        deadline = busy_until = 0.0
         shown: tuple[str, int] = ("", -1)  # (phase, queue position) last passed on
         shown_at = 0.0
         while True:
@@ -291,6 +309,23 @@ class Dispatcher:
                         )
                 error = "the agent ended the stream without a result"
             except grpc.RpcError as exc:
+                pushback = retry_pushback_s(exc)
+                if pushback is not None:
+                    # The agent is busy (its stream or queue limits), not refusing the job: wait and resend.
+                    busy_until = busy_until or time.monotonic() + self._busy_s
+                    if time.monotonic() > busy_until:
+                        raise DeviceUnreachable(
+                            f"agent stayed busy for {self._busy_s:g} s ({describe_rpc_error(exc)}); "
+                            "--resume redoes the job"
+                        ) from None
+                    self._emit(
+                        DispatchEvent(
+                            job.device, "progress", job_id, job.variant, job.runtime, phase="waiting (agent busy)",
+                            message=describe_rpc_error(exc)[:200],
+                        )
+                    )
+                    time.sleep(pushback)
+                    continue
                 if exc.code() in REFUSALS:
                     refused = ResultData(
                         status=JobStatus.FAILED, message=f"agent refused the job: {describe_rpc_error(exc)}"
