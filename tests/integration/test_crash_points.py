@@ -196,8 +196,8 @@ def test_f2_jobs_queued_beyond_an_agents_stream_limit_are_not_lost(
     """F2 (found by the crash-point runs; fixed: a busy agent answers with gRPC's retry pushback and the
     dispatcher waits and resends). One agent registered under 10 device names, its model already uploaded
     (so F1 cannot interfere), one `edgebench run`: 10 jobs wait on the agent at once, over its default limit
-    of 8 streams per client host. Every cell must end with a measurement, or be left for `run --resume` (a non-final status); a cell stored
-    FAILED for "too many open streaming RPCs" is lost."""
+    of 8 streams per client host. Every cell must end with a measurement, or be left for `run --resume` (a
+    non-final status); a cell stored FAILED for "too many open streaming RPCs" is lost."""
     agent = agent_factory()
     db = tmp_path / "home" / "edgebench.db"
     model = padded_null_model(tmp_path / "null.json", 0, "f2")
