@@ -8,8 +8,9 @@
   (agent/runtimes/pt2_guard.py) are plain zip/json/ast and fall under the general rule: no torch at all.
 * coordinator/ never imports agent/: the two share only the `protos` package (it starts agents as
   separate processes instead).
-* The wire rule: inside agent/, only wire.py (conversion), servicer.py and server.py (gRPC plumbing)
-  touch generated `*_pb2*` modules; everything else works with agent.types dataclasses.
+* The wire rule: inside agent/, only wire.py (conversion), servicer.py, server.py and bounds.py (gRPC
+  plumbing: interceptors, and size checks on the raw request before it is converted) touch generated
+  `*_pb2*` modules; everything else works with agent.types dataclasses.
 * The agent server process imports no runtime SDK and not numpy, which keeps its idle memory low; job
   child processes import those.
 
@@ -34,7 +35,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 AGENT_FORBIDDEN = {"coordinator", "torch", "torchvision", "onnx"}
 COORDINATOR_FORBIDDEN = {"agent"}
-WIRE_MODULES = {"agent/wire.py", "agent/servicer.py", "agent/server.py"}
+WIRE_MODULES = {"agent/wire.py", "agent/servicer.py", "agent/server.py", "agent/bounds.py"}
 PB2 = re.compile(r"_pb2(_grpc)?$")
 SERVER_MODULES = ("agent.server", "agent.servicer", "agent.jobs", "agent.artifacts", "agent.cli")
 SERVER_FORBIDDEN = ("torch", "onnxruntime", "onnx", "numpy", "coordinator")

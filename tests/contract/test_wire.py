@@ -38,6 +38,7 @@ from agent.types import (
     Provenance,
     RuntimeConfig,
     RuntimeInfo,
+    SandboxControl,
     StopReason,
     TensorInfo,
     TimingReport,
@@ -97,6 +98,8 @@ def full_device_info() -> DeviceInfo:
             RuntimeInfo("everything", True, model_formats=tuple(ModelFormat)),
         ),
         collected_at_ns=NS_2024,
+        sandbox=(SandboxControl("processes", True, "own PID namespace"), SandboxControl("network", False, "no")),
+        sandbox_mode="auto",
     )
 
 
@@ -194,6 +197,7 @@ def full_result(latencies: tuple[int, ...] = tuple(range(1_000_000, 1_001_000)))
             before=env_sample(0),
             after=env_sample(17),
             runtime_details=(("graph_optimization_level", "ORT_ENABLE_ALL"), ("version", "1.20.1")),
+            sandbox=(SandboxControl("secrets", True, "hidden"),),
         ),
         started_at_ns=NS_2024,
         finished_at_ns=NS_2024 + 3_000_000_001,
