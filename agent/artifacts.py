@@ -19,221 +19,64 @@ are dropped at start-up and whenever an upload begins or is published.
 from __future__ import annotations
 
 import contextlib
-import errno
-import hashlib
 import os
-import queue
-import re
 import shutil
 import stat
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+from agent.blobfiles import (
+    READ_ONLY,
+    SHA256_RE,
+    ArtifactChanged,
+    ArtifactError,
+    ArtifactMissing,
+    ArtifactTooLarge,
+    ChunkTooLarge,
+    DigestMismatch,
+    InvalidDigest,
+    StoreFull,
+    UploadConflict,
+    UploadInProgress,
+    check_digest,
+    hash_file,
+    link_or_copy,
+)
+from agent.blobfiles import signature as _signature
+from agent.uploads import MAX_CHUNK_BYTES, QUEUED_CHUNKS, SYNC_EVERY_BYTES, Reservation, Upload
+
+#: Re-exported: callers import the store's vocabulary from here.
+__all__ = [
+    "DISK_HEADROOM_BYTES",
+    "MAX_CHUNK_BYTES",
+    "QUEUED_CHUNKS",
+    "SHA256_RE",
+    "SYNC_EVERY_BYTES",
+    "ArtifactChanged",
+    "ArtifactError",
+    "ArtifactMissing",
+    "ArtifactStore",
+    "ArtifactTooLarge",
+    "ChunkTooLarge",
+    "DigestMismatch",
+    "InvalidDigest",
+    "StoreFull",
+    "Upload",
+    "UploadConflict",
+    "UploadInProgress",
+    "check_digest",
+    "hash_file",
+    "link_or_copy",
+]
+
 #: Disk space left free beyond what an upload needs, so the agent never fills the disk it logs to.
 DISK_HEADROOM_BYTES = 64 * 1024 * 1024
-#: Bytes between background syncs of an upload in progress.
-SYNC_EVERY_BYTES = 32 * 1024 * 1024
-#: Largest upload chunk accepted (the protocol sends 256 KiB-1 MiB chunks). With at most QUEUED_CHUNKS waiting
-#: to be hashed, one upload holds at most a few MiB of the agent's memory.
-MAX_CHUNK_BYTES = 1 << 20
-QUEUED_CHUNKS = 8
 #: A part file nobody wrote to for this long is dropped (its upload would restart from 0).
 DEFAULT_STALE_PARTIAL_AGE_S = 6 * 3600.0
-#: link() failures after which a copy is made instead: another filesystem, links not allowed or not
-#: supported there, too many links to one file. Anything else (an existing destination above all) is raised.
-_COPY_ERRNOS = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
-_BLOCK = 4 * 1024 * 1024
-_READ_ONLY = 0o444
 
-
-class ArtifactError(Exception):
-    """Base of the store's errors; each message says what was wrong and what to do."""
-
-
-class InvalidDigest(ArtifactError):
-    pass
-
-
-class ArtifactMissing(ArtifactError):
-    pass
-
-
-class ArtifactChanged(ArtifactMissing):
-    """A stored blob no longer hashed to its name; it was removed, so it is missing now."""
-
-
-class ArtifactTooLarge(ArtifactError):
-    pass
-
-
-class ChunkTooLarge(ArtifactError):
-    """An upload chunk above MAX_CHUNK_BYTES: the request breaks the protocol."""
-
-
-class StoreFull(ArtifactError):
-    """Cache cap or disk full, even after evicting everything evictable."""
-
-
-class UploadConflict(ArtifactError):
-    """Offset does not match the committed one, or the same artifact is being uploaded concurrently."""
-
-
-class UploadInProgress(UploadConflict):
-    """Another call is uploading the same artifact right now: wait for it, then the artifact is present."""
-
-
-class DigestMismatch(ArtifactError):
-    pass
-
-
-def check_digest(sha256: str) -> str:
-    if not SHA256_RE.fullmatch(sha256):
-        raise InvalidDigest(f"{sha256[:80]!r} is not a sha256 digest (64 lowercase hex characters)")
-    return sha256
-
-
-def hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(_BLOCK):
-            h.update(block)
-    return h.hexdigest()
-
-
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Make `dst` a hard link to `src`, or a copy of it where the filesystem cannot link (see _COPY_ERRNOS).
-
-    Never replaces or follows anything already at `dst`: FileExistsError instead. The copy is written into
-    `dst` itself, created with O_EXCL|O_NOFOLLOW (a temporary file renamed into place would replace an
-    existing destination), and removed again if copying fails.
-    """
-    try:
-        os.link(src, dst)
-        return
-    except OSError as exc:
-        if exc.errno not in _COPY_ERRNOS:
-            raise
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(dst, flags, _READ_ONLY)
-    try:
-        with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
-            shutil.copyfileobj(inp, out, _BLOCK)
-    except BaseException:
-        dst.unlink(missing_ok=True)
-        raise
-
-
-def _signature(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    """What changes when a file's bytes change, even if its mtime is set back: ctime cannot be."""
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-class Upload:
-    """One upload of one artifact, from a committed offset to its declared size. Not thread-safe."""
-
-    def __init__(self, store: ArtifactStore, sha256: str, size: int, offset: int) -> None:
-        self._store = store
-        self.sha256 = sha256
-        self.size = size
-        self.received = 0
-        self._path = store.part_path(sha256)
-        self._hasher = hashlib.sha256()
-        if offset:
-            # Resuming: the bytes already committed are hashed again from disk (the hasher state is not
-            # persisted), so a part file changed while nobody uploaded fails the digest check at commit.
-            with self._path.open("rb") as f:
-                while block := f.read(_BLOCK):
-                    self._hasher.update(block)
-            self._file = self._path.open("ab")
-        else:
-            self._file = self._path.open("wb")
-        self.offset = offset
-        # Hashing runs on its own thread, overlapping the file writes (hashlib releases the GIL on large
-        # buffers); the bounded queue keeps at most QUEUED_CHUNKS chunks in memory.
-        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUED_CHUNKS)
-        self._hash_thread = threading.Thread(target=self._hash_loop, name="edgebench-hash", daemon=True)
-        self._hash_thread.start()
-
-    def _hash_loop(self) -> None:
-        unsynced = 0
-        while (chunk := self._chunks.get()) is not None:
-            self._hasher.update(chunk)
-            unsynced += len(chunk)
-            if unsynced >= SYNC_EVERY_BYTES:
-                # Start write-back while more data arrives, so the fsync at commit has little left to do.
-                # A failing sync (e.g. a filesystem without it) must not stop the hashing this thread owes.
-                with contextlib.suppress(OSError):
-                    os.fdatasync(self._file.fileno())
-                unsynced = 0
-
-    def _finish_hashing(self) -> None:
-        """Wait for the hashing thread; must run while the file is still open (it syncs the descriptor)."""
-        if self._hash_thread.is_alive():
-            self._chunks.put(None)
-            self._hash_thread.join()
-
-    def write(self, chunk: bytes) -> None:
-        """Append one chunk. Raises ChunkTooLarge above MAX_CHUNK_BYTES, UploadConflict past the declared size."""
-        if len(chunk) > MAX_CHUNK_BYTES:
-            raise ChunkTooLarge(
-                f"upload chunk of {len(chunk)} bytes is over the limit of {MAX_CHUNK_BYTES} bytes (1 MiB) per "
-                "chunk; send the artifact in chunks of 256 KiB to 1 MiB"
-            )
-        if self.offset + self.received + len(chunk) > self.size:
-            raise UploadConflict(f"upload of {self.sha256[:12]} sent more than its declared size of {self.size} bytes")
-        self._file.write(chunk)
-        self._chunks.put(chunk)
-        self.received += len(chunk)
-
-    def close(self) -> None:
-        """End without committing: what was written stays as a resumable part file."""
-        if not self._file.closed:
-            self._file.flush()
-            self._finish_hashing()
-            self._file.close()
-        self._store._release_upload(self.sha256)
-
-    def commit(self) -> Path:
-        """Verify size and digest, then atomically publish the blob (its room was reserved at the start)."""
-        try:
-            self._file.flush()
-            self._finish_hashing()  # before close: the hashing thread syncs this file descriptor
-            os.fsync(self._file.fileno())
-            self._file.close()
-            total = self.offset + self.received
-            if total != self.size:
-                raise UploadConflict(
-                    f"upload of {self.sha256[:12]} ended at {total} of {self.size} bytes; "
-                    f"resume from offset {total} (GetUploadStatus) to finish it"
-                )
-            actual = self._hasher.hexdigest()
-            if actual != self.sha256:
-                self._path.unlink(missing_ok=True)
-                raise DigestMismatch(
-                    f"the {self.size} bytes received hash to {actual}, not the declared {self.sha256}; "
-                    "nothing was stored: check the file and upload it again"
-                )
-            return self._store._publish(self.sha256, self._path)
-        finally:
-            self.close()
-
-
-@dataclass
-class _Reservation:
-    """Room an upload in progress holds: `size` bytes of the cache cap, its unwritten bytes on the disk."""
-
-    size: int
-    offset: int
-    upload: Upload | None = None
-
-    def owed(self) -> int:
-        received = self.upload.received if self.upload is not None else 0
-        return max(0, self.size - self.offset - received)
 
 
 class ArtifactStore:
@@ -257,7 +100,7 @@ class ArtifactStore:
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._partial.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()  # re-entered by remove_stale_partials from begin_upload and _publish
-        self._reserved: dict[str, _Reservation] = {}
+        self._reserved: dict[str, Reservation] = {}
         self._pins: Counter[str] = Counter()
         #: Signature of each blob when it last hashed to its name (none yet: each is hashed at first use).
         self._verified: dict[str, tuple[int, int, int, int, int]] = {}
@@ -265,7 +108,7 @@ class ArtifactStore:
         self._used: dict[str, int] = {}
         for blob in self._blobs.iterdir():  # stores written before blobs were made read-only
             with contextlib.suppress(OSError):
-                blob.chmod(_READ_ONLY)
+                blob.chmod(READ_ONLY)
 
     # -------------------------------------------------------------- queries
 
@@ -398,7 +241,7 @@ class ArtifactStore:
                 )
             self._check_disk(size - offset)
             self._make_room(size, resuming=sha256)
-            reservation = _Reservation(size, offset)
+            reservation = Reservation(size, offset)
             self._reserved[sha256] = reservation
         try:
             upload = Upload(self, sha256, size, offset)
@@ -414,7 +257,7 @@ class ArtifactStore:
 
     def _publish(self, sha256: str, part: Path) -> Path:
         with self._lock:
-            part.chmod(_READ_ONLY)
+            part.chmod(READ_ONLY)
             target = self._blobs / sha256
             # Never replaces a blob: begin_upload refuses stored digests and runs one upload per digest.
             os.replace(part, target)
