@@ -74,20 +74,14 @@ def execute(job: BenchmarkJob, model_path: Path, dataset_path: Path | None, even
         diagnostics = traceback.format_exc(limit=8)[-4000:]
     if out.notes:
         message = "; ".join([message, *out.notes] if message else out.notes)
-    provenance = Provenance(
+    provenance = Provenance.for_job(
+        job,
         os=platform.system(),
         kernel=platform.release(),
         architecture=platform.machine(),
         python_version=platform.python_version(),
-        runtime_name=job.runtime.name,
         runtime_version=out.runtime_version,
         execution_providers=out.providers,
-        intra_op_threads=job.runtime.intra_op_threads,
-        inter_op_threads=job.runtime.inter_op_threads,
-        precision_hint=job.runtime.precision_hint,
-        model_sha256=job.model.sha256,
-        dataset_sha256=job.inputs.dataset_sha256,
-        batch_size=job.inputs.batch_size,
         inputs=out.inputs,
         outputs=out.outputs,
         before=out.before,

@@ -50,15 +50,7 @@ def failed_result(
         started_at_ns=started,
         finished_at_ns=time.time_ns(),
         diagnostics=diagnostics,
-        provenance=Provenance(
-            runtime_name=job.runtime.name,
-            model_sha256=job.model.sha256,
-            dataset_sha256=job.inputs.dataset_sha256,
-            batch_size=job.inputs.batch_size,
-            intra_op_threads=job.runtime.intra_op_threads,
-            inter_op_threads=job.runtime.inter_op_threads,
-            precision_hint=job.runtime.precision_hint,
-        ),
+        provenance=Provenance.for_job(job),
     )
 
 

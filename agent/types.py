@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class ModelFormat(enum.Enum):
@@ -263,6 +264,20 @@ class Provenance:
     after: EnvironmentSample = field(default_factory=EnvironmentSample)
     runtime_details: tuple[tuple[str, str], ...] = ()
     sandbox: tuple[SandboxControl, ...] = ()
+
+    @classmethod
+    def for_job(cls, job: BenchmarkJob, **measured: Any) -> Provenance:
+        """What a job asked for (runtime, threads, hint, model, dataset, batch), plus what was measured."""
+        return cls(
+            runtime_name=job.runtime.name,
+            intra_op_threads=job.runtime.intra_op_threads,
+            inter_op_threads=job.runtime.inter_op_threads,
+            precision_hint=job.runtime.precision_hint,
+            model_sha256=job.model.sha256,
+            dataset_sha256=job.inputs.dataset_sha256,
+            batch_size=job.inputs.batch_size,
+            **measured,
+        )
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agent.watch import MAX_LINE_BYTES
 from coordinator.dispatch.local import LocalAgent
 from protos.edgebench.agent.v1 import agent_pb2 as pb
-from tests.helpers import make_job, wait_for
+from tests.helpers import job_processes, make_job, wait_for
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="the job sandbox is Linux-only")
 
@@ -66,25 +66,9 @@ def _run(agent: LocalAgent, job: pb.BenchmarkJob, timeout_s: float = 120) -> pb.
         return client.run_to_result(job, timeout_s=timeout_s)
 
 
-def _job_processes(agent: LocalAgent) -> list[psutil.Process]:
-    """Processes running in the agent's jobs folder that are not the agent's spare job process (whose tree
-    is the keeper, its PID 1 and the waiting job): what a finished job left behind."""
-    jobs = str(agent.workdir.resolve() / "jobs")
-    try:
-        spare = {p.pid for p in psutil.Process(agent.process.pid).children(recursive=True)}
-    except psutil.NoSuchProcess:
-        spare = set()
-    left = []
-    for proc in psutil.process_iter(["pid", "cwd", "status"]):
-        cwd = proc.info.get("cwd") or ""
-        if cwd.startswith(jobs) and proc.pid not in spare and proc.info.get("status") != psutil.STATUS_ZOMBIE:
-            left.append(proc)
-    return left
-
-
 def assert_clean_and_serving(agent: LocalAgent, sha: str) -> None:
     """No process of an earlier job is left anywhere, health answers SERVING, and a normal job succeeds."""
-    wait_for(lambda: not _job_processes(agent), timeout=10)
+    wait_for(lambda: not job_processes(agent), timeout=10)
     children = [p for p in psutil.Process(agent.process.pid).children(recursive=True) if p.status() != "zombie"]
     assert len(children) <= 3, [p.cmdline() for p in children]  # the spare's keeper, PID 1 and job
     with grpc.insecure_channel(agent.address) as channel:
@@ -134,11 +118,11 @@ def test_agent_shutdown_kills_a_job_that_closed_its_pipe(agent_factory: Callable
     box: dict[str, object] = {}
     thread = threading.Thread(target=lambda: box.setdefault("r", _safe_run(agent, _job(sha, "close_pipe"))))
     thread.start()
-    wait_for(lambda: len(_job_processes(agent)) + len(psutil.Process(agent.process.pid).children(True)) > 3)
+    wait_for(lambda: len(job_processes(agent)) + len(psutil.Process(agent.process.pid).children(True)) > 3)
     time.sleep(1.0)
     assert agent.stop(timeout=20) == 0
     thread.join(30)
-    wait_for(lambda: not _job_processes(agent), timeout=10)
+    wait_for(lambda: not job_processes(agent), timeout=10)
 
 
 def _safe_run(agent: LocalAgent, job: pb.BenchmarkJob) -> object:
