@@ -263,7 +263,9 @@ def upload_plans(draw: st.DrawFn) -> UploadPlan:
 @dataclass(frozen=True)
 class HostileJob:
     """A well-formed null job acting hostile, and what its client does: `wait` for the result, `drop` the
-    stream after `delay_ms` (then fetch the result and submit again), or `cancel` it after `delay_ms`."""
+    stream after `delay_ms` (then fetch the result and submit again), `cancel` it after `delay_ms`, submit
+    it from two clients at once (`twin`), or submit another job under the same id at the same time
+    (`clash`)."""
 
     options: tuple[tuple[str, str], ...]
     wall_ms: int
@@ -287,7 +289,7 @@ def hostile_jobs(draw: st.DrawFn) -> HostileJob:
         tuple(sorted(options.items())),
         draw(st.sampled_from([800, 1500, 3000])),
         draw(st.sampled_from([0, 96, 200])),
-        draw(st.sampled_from(["wait", "drop", "cancel"])),
+        draw(st.sampled_from(["wait", "drop", "cancel", "twin", "clash"])),
         draw(st.integers(0, 1500)),
     )
 

@@ -36,13 +36,13 @@ import os
 import random
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
+import psutil
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
@@ -50,6 +50,7 @@ from hypothesis import strategies as st
 from coordinator.dispatch.local import LocalAgent
 from protos.edgebench.agent.v1 import agent_pb2 as pb
 from tests.fuzz.driver import JOB_CODES, SUMMARY, Driver, Tally, code_of, details_of
+from tests.fuzz.hostile import MEMORY_CEILING_MB, HostileRun
 from tests.fuzz.strategies import (
     HostileJob,
     IdSpec,
@@ -75,7 +76,7 @@ JOB_EXAMPLES, UPLOAD_EXAMPLES, HOSTILE_EXAMPLES = 50, 25, 14
 CHECK_EVERY = 4
 #: A job that sets no wall-time limit gets DEFAULT_WALL_S; none gets more than WALL_CEILING_S (the checks' own
 #: known-good jobs ask for the ceiling, so a loaded machine does not fail them).
-DEFAULT_WALL_S, WALL_CEILING_S, MEMORY_CEILING_MB = 3, 8, 256
+DEFAULT_WALL_S, WALL_CEILING_S = 3, 8
 FLAGS = (
     "--fault-injection",
     "--job-timeout-s", str(DEFAULT_WALL_S), "--max-job-timeout-s", str(WALL_CEILING_S),
@@ -103,7 +104,8 @@ def fuzz_settings(base: int) -> Callable[[Callable[..., None]], Callable[..., No
 def fuzz(
     agent_factory: Callable[..., LocalAgent], tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Driver]:
-    """The fuzzed agent and what it promised; prints the figures at the end of the module."""
+    """The fuzzed agent and what it promised; its figures are printed at the end of the session (and written
+    to EDGEBENCH_FUZZ_REPORT)."""
     tally = Tally(SEED, MULTIPLIER)
     driver = Driver(agent_factory(*FLAGS), tally, tmp_path_factory.mktemp("fuzz"))
     yield driver
@@ -215,129 +217,6 @@ def test_random_upload_sequences(fuzz: Driver) -> None:
     example()
 
 
-# ---------------------------------------------------------------------------------------------- hostile
-
-
-def doomed(hj: HostileJob) -> bool:
-    """Whether the job cannot succeed: its behaviour must be stopped (or it asks for more than its limits)."""
-    options = dict(hj.options)
-    hostile = options.get("hostile", "")
-    wall_s = hj.wall_ms / 1000
-    memory = min(hj.memory_mb or MEMORY_CEILING_MB, MEMORY_CEILING_MB)
-    return (
-        hostile.split(":")[0] in {"close_pipe", "nested_event", "flood", "signal"}
-        or hostile == "fork:300"
-        or options.get("crash") in {"load", "run"}
-        or float(options.get("hang_s", "0")) >= wall_s
-        or float(options.get("load_ns", "0")) / 1e9 >= wall_s
-        or float(options.get("allocate_mb", "0")) >= memory
-    )
-
-
-class HostileRun:
-    """One plan of hostile jobs: each submitted (together: all at once, so they queue) and followed by its
-    client's action; every one must end in a result, the agent's stored one."""
-
-    def __init__(self, driver: Driver, jobs: list[HostileJob], together: bool) -> None:
-        self.d = driver
-        self.plan = [(hj, self._job(hj)) for hj in jobs]
-        self.together = together
-
-    def _job(self, hj: HostileJob) -> pb.BenchmarkJob:
-        return make_job(self.d.null_sha, fmt=pb.MODEL_FORMAT_NULL, runtime="null", options=dict(hj.options),
-                        min_iterations=5, min_ms=10, max_s=1, wall_s=hj.wall_ms / 1000, memory_mb=hj.memory_mb,
-                        job_id=self.d.fresh_id("hostile"))
-
-    def run(self) -> None:
-        self.d.ensure(self.d.null_path)
-        if not self.together:
-            for hj, job in self.plan:
-                self._act(hj, job)
-            return
-        errors: list[BaseException] = []
-
-        def one(hj: HostileJob, job: pb.BenchmarkJob) -> None:
-            try:
-                self._act(hj, job)
-            except BaseException as exc:  # re-raised below: an assertion in a thread would be lost
-                errors.append(exc)
-
-        threads = [threading.Thread(target=one, args=pair) for pair in self.plan]
-        for t in threads:
-            t.start()
-            time.sleep(0.05)  # in this order
-        for t in threads:
-            t.join(3 * 60)
-        if errors:
-            raise errors[0]
-        assert not any(t.is_alive() for t in threads), "a hostile job's client never returned"
-
-    def _act(self, hj: HostileJob, job: pb.BenchmarkJob) -> None:
-        if hj.action == "drop":
-            result = self._drop(job, hj.delay_ms / 1000)
-        elif hj.action == "cancel":
-            result = self._cancel(job, hj.delay_ms / 1000)
-        else:
-            result = self.d.run_job(job, "hostile")
-        assert isinstance(result, pb.BenchmarkResult), f"a well-formed job was refused: {result}"
-        if doomed(hj) and result.status != pb.BENCHMARK_STATUS_CANCELLED:
-            assert result.status != pb.BENCHMARK_STATUS_SUCCEEDED, f"hostile job {dict(hj.options)} SUCCEEDED"
-
-    def _drop(self, job: pb.BenchmarkJob, delay: float) -> pb.BenchmarkResult | grpc.StatusCode:
-        """Accepted, then the client goes away; the job runs on, its result is kept, and submitting the same
-        job again re-attaches to that result."""
-        call = self.d.stub.RunBenchmark(pb.RunBenchmarkRequest(job=job), metadata=self.d.md, timeout=60)
-        timer: threading.Timer | None = None
-        try:
-            for event in call:
-                if event.WhichOneof("event") == "accepted":
-                    assert not event.accepted.reattached, job.job_id
-                    timer = threading.Timer(delay, call.cancel)
-                    timer.start()
-                elif event.WhichOneof("event") == "result":
-                    self.d.check_result(job, event.result)
-        except grpc.RpcError as exc:
-            assert code_of(exc) == grpc.StatusCode.CANCELLED, (code_of(exc), details_of(exc))
-        finally:
-            if timer is not None:
-                timer.cancel()
-        self.d.count("hostile", "dropped")
-        self.d.check_result(job, self.d.poll_result(job.job_id))
-        return self.d.run_job(job, "hostile")
-
-    def _cancel(self, job: pb.BenchmarkJob, delay: float) -> pb.BenchmarkResult | grpc.StatusCode:
-        """Cancelled once the agent knows it: a queued job ends CANCELLED at once, a running one is stopped
-        (or finishes first)."""
-        box: dict[str, object] = {}
-
-        def read() -> None:
-            try:
-                box["result"] = self.d.run_job(job, "hostile")
-            except BaseException as exc:
-                box["error"] = exc
-
-        reader = threading.Thread(target=read)
-        reader.start()
-        request = pb.GetBenchmarkResultRequest(job_id=job.job_id)
-        deadline = time.monotonic() + 30
-        while "result" not in box and "error" not in box:
-            if self.d.stub.GetBenchmarkResult(request, metadata=self.d.md, timeout=10).state != pb.JOB_STATE_UNKNOWN:
-                break
-            assert time.monotonic() < deadline, f"job {job.job_id!r} not known to the agent after 30 s"
-            time.sleep(0.02)
-        time.sleep(delay)
-        reply = self.d.stub.CancelBenchmark(pb.CancelBenchmarkRequest(job_id=job.job_id), metadata=self.d.md,
-                                            timeout=10)
-        reader.join(3 * 60)
-        if "error" in box:
-            raise box["error"]  # type: ignore[misc]
-        result = box.get("result")
-        assert isinstance(result, pb.BenchmarkResult), result
-        if reply.cancelled and reply.state == pb.JOB_STATE_FINISHED:  # it was still queued
-            assert result.status == pb.BENCHMARK_STATUS_CANCELLED, result
-        return self.d.run_job(job, "hostile")  # submitted again: the same result, re-attached
-
-
 def test_hostile_job_processes(fuzz: Driver) -> None:
     """Hostile jobs never take the agent down, never leave a process, never lose or change a result."""
     print(REPLAY)
@@ -402,14 +281,53 @@ def test_undecodable_request_is_invalid_argument(fuzz: Driver) -> None:
     assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
 
 
-def test_results_survive_a_restart(fuzz: Driver, agent_factory: Callable[..., LocalAgent]) -> None:
-    """After everything above, the agent stops cleanly, leaves no process, and a new agent on the same work
-    directory returns every result it returned before, unchanged, and serves."""
+@pytest.mark.xfail(
+    strict=True,
+    reason="the job's keeper process has no parent-death signal (agent/sandbox/jobside.py _fork_keeper sets one "
+    "only on its PID 1 and job) and the job process without a PID namespace has none: a job that never writes "
+    "to its event pipe outlives a SIGKILLed agent forever",
+)
+def test_job_processes_die_with_a_killed_agent(agent_factory: Callable[..., LocalAgent], fuzz: Driver) -> None:
+    """A job that closed its event pipe and hangs is running when the agent is SIGKILLed (a crash, the OOM
+    killer, a stop timeout): none of its processes may outlive the agent (they would run on unsupervised and
+    disturb every later measurement). Today the keeper, its PID 1 and the job live on, re-parented to init."""
+    agent = agent_factory("--fault-injection")
+    with agent.client() as client:
+        sha = client.upload(fuzz.null_path).sha256
+    job = make_job(sha, fmt=pb.MODEL_FORMAT_NULL, runtime="null", options={"hostile": "close_pipe"}, wall_s=600)
+    client = agent.client()
+    running: list[int] = []
+    try:
+        for event in client.run(job, timeout_s=60):  # until the job process loads the model: it runs now
+            if event.WhichOneof("event") == "progress" and event.progress.phase == pb.JOB_PHASE_LOADING:
+                break
+        time.sleep(1.0)  # it closes its pipe and hangs
+        running = [p.pid for p in psutil.Process(agent.process.pid).children(recursive=True)]
+        agent.process.kill()
+        agent.process.wait()
+        left = leftover_processes(agent, timeout=10)
+        assert not left, f"{len(left)} job process(es) outlived the killed agent: {[p.pid for p in left]}"
+    finally:
+        client.close()
+        for pid in running:  # this test's own job processes: never leave them running
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_results_survive_a_restart(fuzz: Driver, agent_factory: Callable[..., LocalAgent], how: str) -> None:
+    """After everything above, the agent is killed (a crash) or stopped (exit status 0); no process of it is
+    left (no job runs: its spare job process ends with it), and a new agent on the same work directory
+    returns every result the agent ever returned, unchanged, keeps a consistent store and serves."""
     print(REPLAY)
     with counted(fuzz, "restart"):
         fuzz.good_job("restart")  # something to compare even when this test runs alone
         old = fuzz.agent
-        assert old.stop(timeout=30) == 0, old.stderr_path.read_text()[-2000:]
+        if how == "SIGKILL":
+            old.process.kill()
+            old.process.wait()
+        else:
+            assert old.stop(timeout=30) == 0, old.stderr_path.read_text()[-2000:]
         left = leftover_processes(old, timeout=10)
         fuzz.tally.escaped_processes += len(left)
         assert not left, f"processes outlived the agent: {left}"
