@@ -96,12 +96,12 @@ class Tally:
 
 
 def code_of(exc: grpc.RpcError) -> grpc.StatusCode:
-    code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
+    code: grpc.StatusCode = exc.code()
     return code
 
 
 def details_of(exc: grpc.RpcError) -> str:
-    return str(exc.details() or "")  # type: ignore[attr-defined]
+    return str(exc.details() or "")
 
 
 def status_name(status: int) -> str:
@@ -210,7 +210,8 @@ class Driver:
             assert reply.state != pb.JOB_STATE_UNKNOWN, f"accepted job {job_id!r} is unknown to the agent: lost"
             if reply.state == pb.JOB_STATE_FINISHED:
                 assert reply.HasField("result"), f"job {job_id!r} FINISHED without a result"
-                return reply.result
+                result: pb.BenchmarkResult = reply.result
+                return result
             assert time.monotonic() < deadline, f"job {job_id!r} not finished after {timeout} s: a hang"
             time.sleep(0.1)
 

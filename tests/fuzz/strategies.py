@@ -21,7 +21,7 @@ T = TypeVar("T")
 MIB = 2**20
 #: The characters a valid job id may use (agent/validate.py JOB_ID_RE).
 ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:@/-"
-TEXT = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=40)
+TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=40)
 ODD_TEXT = st.one_of(
     TEXT,
     st.sampled_from(
@@ -136,7 +136,7 @@ def job_specs(draw: st.DrawFn, refs: Refs) -> tuple[IdSpec, pb.BenchmarkJob]:
     job = pb.BenchmarkJob(job_id="placeholder")
     job.model.sha256 = pick("model", st.just(refs.null), digests(refs))
     formats = st.sampled_from([*pb.ModelFormat.values(), 99, -3])
-    job.model.format = pick("format", st.just(pb.MODEL_FORMAT_NULL), formats)
+    job.model.format = pick("format", st.just(pb.MODEL_FORMAT_NULL), formats)  # type: ignore[assignment]
     good_companion = st.builds(
         pb.CompanionFile, name=st.sampled_from(["weights.bin", "extra.data", "a_b-c.txt"]),
         sha256=st.sampled_from([refs.null, refs.garbage]),

@@ -55,6 +55,7 @@ from tests.fuzz.strategies import (
     HostileJob,
     IdSpec,
     Refs,
+    UploadPlan,
     hostile_plans,
     job_specs,
     upload_plans,
@@ -95,7 +96,7 @@ def fuzz_settings(base: int) -> Callable[[Callable[..., None]], Callable[..., No
             max_examples=base * MULTIPLIER, deadline=None, database=None, derandomize=False, phases=phases,
             suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
         )(test)
-        return seed(SEED)(configured)  # type: ignore[no-any-return]
+        return seed(SEED)(configured)
 
     return apply
 
@@ -209,9 +210,9 @@ def test_random_upload_sequences(fuzz: Driver) -> None:
 
     @fuzz_settings(UPLOAD_EXAMPLES)
     @given(plan=upload_plans())
-    def example(plan: object) -> None:
+    def example(plan: UploadPlan) -> None:
         with counted(fuzz, "uploads"):
-            UploadRun(fuzz, plan).run()  # type: ignore[arg-type]
+            UploadRun(fuzz, plan).run()
             fuzz.check("uploads")
 
     example()

@@ -15,16 +15,19 @@ import json
 import random
 import threading
 from collections.abc import Iterator
+from typing import TypeAlias
 
 import grpc
 
 from protos.edgebench.agent.v1 import agent_pb2 as pb
-from tests.fuzz.driver import GOOD_WALL_S, NULL_MODEL, Driver
+from tests.fuzz.driver import GOOD_WALL_S, NULL_MODEL, Driver, code_of, details_of
 from tests.fuzz.strategies import MIB, BlobSpec, UploadOp, UploadPlan
 from tests.helpers import make_job
 
 C = grpc.StatusCode
-Outcome = pb.UploadArtifactResponse | grpc.StatusCode
+Outcome: TypeAlias = pb.UploadArtifactResponse | grpc.StatusCode
+#: What an operation may end in: an error code, or None for success.
+Allowed: TypeAlias = set[grpc.StatusCode | None]
 #: Largest artifact the fuzz agent accepts (--max-artifact-bytes): "too-large" headers go past it.
 MAX_ARTIFACT_BYTES = 8 * MIB
 #: The fuzz agent's cache cap (--max-cache-bytes): small, so that uploads evict (`pressure`).
@@ -81,14 +84,14 @@ class UploadRun:
     def _present(self, digest: str) -> bool:
         return digest not in self.d.find_missing([digest])
 
-    def _expect(self, outcome: Outcome, digest: str, present: bool, allowed: set[grpc.StatusCode], what: str) -> None:
+    def _expect(self, outcome: Outcome, digest: str, present: bool, allowed: Allowed, what: str) -> None:
         """The answer is an already-present success if the agent had the digest; ABORTED is allowed too while a
         cancelled call may hold it; otherwise one of `allowed` (None in it: success)."""
         if present:
             assert ok(outcome) and outcome.already_present, f"{what}: {outcome} for a stored artifact"
             return
         if digest in self.cancelled:
-            allowed = allowed | {C.ABORTED, C.FAILED_PRECONDITION, None}  # type: ignore[arg-type]
+            allowed = allowed | {C.ABORTED, C.FAILED_PRECONDITION, None}
         got = None if ok(outcome) else outcome
         assert got in allowed, f"{what}: got {outcome}, expected one of {allowed}"
         if ok(outcome):
@@ -107,8 +110,8 @@ class UploadRun:
         present = self._present(digest)
         oversize = any(len(c) > MIB for c in chunks(data, op.chunking))
         outcome = self.d.upload(messages(digest, len(data), 0, data, op.chunking))
-        allowed = {C.INVALID_ARGUMENT, C.RESOURCE_EXHAUSTED} if oversize else {None}
-        self._expect(outcome, digest, present, allowed, f"full upload in chunks {op.chunking}")  # type: ignore[arg-type]
+        allowed: Allowed = {C.INVALID_ARGUMENT, C.RESOURCE_EXHAUSTED} if oversize else {None}
+        self._expect(outcome, digest, present, allowed, f"full upload in chunks {op.chunking}")
         self._started_from_zero(outcome, digest)
 
     def _partial(self, op: UploadOp) -> None:
@@ -121,7 +124,8 @@ class UploadRun:
             self.cancelled.add(digest)
             return
         outcome = self.d.upload(sent)
-        self._expect(outcome, digest, present, {None} if n == len(data) else {C.FAILED_PRECONDITION}, "partial")  # type: ignore[arg-type]
+        allowed: Allowed = {None} if n == len(data) else {C.FAILED_PRECONDITION}
+        self._expect(outcome, digest, present, allowed, "partial")
         self._started_from_zero(outcome, digest)
 
     def _resume(self, op: UploadOp) -> None:
@@ -132,6 +136,7 @@ class UploadRun:
         offset = {"committed": committed, "zero": 0, "past": committed + 1, "beyond": len(data) + 1}[op.ending]
         outcome = self.d.upload(messages(digest, len(data), offset, data[offset:], op.chunking))
         oversize = any(len(c) > MIB for c in chunks(data[offset:], op.chunking))
+        allowed: Allowed
         if offset == 0 or (op.ending == "committed" and digest not in self.tainted):
             allowed = {None}
         elif op.ending == "committed":
@@ -140,7 +145,7 @@ class UploadRun:
             allowed = {C.FAILED_PRECONDITION}
         if oversize:
             allowed |= {C.INVALID_ARGUMENT, C.RESOURCE_EXHAUSTED}
-        self._expect(outcome, digest, status.complete, allowed, f"resume at {op.ending} offset {offset}")  # type: ignore[arg-type]
+        self._expect(outcome, digest, status.complete, allowed, f"resume at {op.ending} offset {offset}")
         if offset == 0:
             self._started_from_zero(outcome, digest)
 
@@ -162,7 +167,7 @@ class UploadRun:
             return  # not wrong after all
         present = self._present(digest)
         outcome = self.d.upload(messages(digest, size, 0, body, (MIB,)))
-        self._expect(outcome, digest, present, {C.DATA_LOSS, C.FAILED_PRECONDITION}, f"wrong bytes ({op.ending})")  # type: ignore[arg-type]
+        self._expect(outcome, digest, present, {C.DATA_LOSS, C.FAILED_PRECONDITION}, f"wrong bytes ({op.ending})")
         if outcome == C.FAILED_PRECONDITION:
             self.tainted.add(digest)
 
@@ -232,8 +237,8 @@ class UploadRun:
                 self.d.stub.GetUploadStatus(pb.GetUploadStatusRequest(sha256="../" + self.digest[0]),
                                             metadata=self.d.md, timeout=10)
         except grpc.RpcError as exc:
-            self.d.count("uploads", exc.code().name)  # type: ignore[attr-defined]
-            assert exc.code() == C.INVALID_ARGUMENT and exc.details(), exc  # type: ignore[attr-defined]
+            self.d.count("uploads", code_of(exc).name)
+            assert code_of(exc) == C.INVALID_ARGUMENT and details_of(exc), exc
             return
         raise AssertionError(f"query {op.ending} was answered as valid")
 
