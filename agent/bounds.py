@@ -253,3 +253,65 @@ def job_shape_problems(job: pb.BenchmarkJob) -> list[str]:
         if len(text) > MAX_JOB_TEXT_CHARS:
             problems.append(f"{name} is {len(text):,} characters; at most {MAX_JOB_TEXT_CHARS}")
     return problems
+
+
+class _Undecodable:
+    """Stands in for a request message that did not parse; the handler refuses it (see DecodeGuard)."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+class DecodeGuard(grpc.ServerInterceptor):  # type: ignore[misc]
+    """A request that is not a valid protobuf message breaks the contract: INVALID_ARGUMENT with a message,
+    like any malformed job. Without this, gRPC answers INTERNAL ("Exception deserializing request!") and logs
+    a traceback per request, before any servicer code sees it."""
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+        method = details.method
+
+        def deserialize(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except Exception as exc:  # DecodeError and whatever a generated class raises on bad bytes
+                return _Undecodable(f"{type(exc).__name__}: {str(exc)[:200]}")
+
+        def refuse(context: grpc.ServicerContext, bad: _Undecodable) -> None:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request to {method} is not a valid protobuf message ({bad.error}); check that the client "
+                "speaks this agent's protocol version",
+            )
+
+        def checked(request: Any, context: grpc.ServicerContext) -> Any:
+            if isinstance(request, _Undecodable):
+                refuse(context, request)
+            return request
+
+        def checked_stream(requests: Any, context: grpc.ServicerContext) -> Any:
+            for request in requests:
+                yield checked(request, context)
+
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+            return handler._replace(
+                request_deserializer=deserialize, unary_unary=lambda r, c: inner_uu(checked(r, c), c)
+            )
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+            return handler._replace(
+                request_deserializer=deserialize, unary_stream=lambda r, c: inner_us(checked(r, c), c)
+            )
+        if handler.stream_unary is not None:
+            inner_su = handler.stream_unary
+            return handler._replace(
+                request_deserializer=deserialize, stream_unary=lambda r, c: inner_su(checked_stream(r, c), c)
+            )
+        inner_ss = handler.stream_stream
+        return handler._replace(
+            request_deserializer=deserialize, stream_stream=lambda r, c: inner_ss(checked_stream(r, c), c)
+        )

@@ -5,6 +5,10 @@ Starting it takes a quarter of a second on a fast CPU and seconds on a Raspberry
 one *spare*: started right after the previous job finished (never while a job measures), used by
 exactly one job, then replaced. Every job still runs in a fresh process of its own; only the start-up
 moves off the job's critical path. `prestart=False` starts each process on demand instead.
+
+A job process dies with the agent (a parent-death signal, see agent/child.py). The kernel sends it when the
+*thread* that started the process ends, so job processes are started only from threads that live as long as
+the agent: the main thread (the first spare) and the job queue's worker (every later one).
 """
 
 from __future__ import annotations
@@ -93,7 +97,17 @@ def spawn(folder: Path, python: str = sys.executable, sandbox: frozenset[str] = 
     try:
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [python, "-m", "agent.child", "--event-fd", str(write_fd), "--sandbox", ",".join(sorted(sandbox))],
+                [
+                    python,
+                    "-m",
+                    "agent.child",
+                    "--event-fd",
+                    str(write_fd),
+                    "--sandbox",
+                    ",".join(sorted(sandbox)),
+                    "--agent-pid",
+                    str(os.getpid()),
+                ],
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import agent
 from agent.artifacts import ArtifactStore
-from agent.bounds import Limit, LimitInterceptor
+from agent.bounds import DecodeGuard, Limit, LimitInterceptor
 from agent.device import collect_device_info, load_or_create_device_id
 from agent.diskwatch import DiskWatch
 from agent.jobs import JobManager
@@ -199,6 +199,7 @@ def build(settings: AgentSettings) -> RunningAgent:
     # Authentication first: a call without the token never takes a stream slot.
     interceptors: list[grpc.ServerInterceptor] = [TokenInterceptor(token)] if token else []
     interceptors.append(_limits(settings))
+    interceptors.append(DecodeGuard())
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="edgebench-rpc"),
         interceptors=interceptors,

@@ -69,6 +69,13 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
+def die_with_parent() -> None:
+    """SIGKILL this process when its parent dies (Linux; elsewhere nothing: the agent kills its group)."""
+    if sc.available():
+        with contextlib.suppress(OSError):
+            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _user_namespace() -> None:
     """A user namespace mapping this uid/gid to themselves: capabilities inside it (for the mounts and the
     other namespaces) without any privilege over the host's files."""
@@ -129,11 +136,11 @@ def _fork_keeper(close_in_keeper: tuple[int, ...]) -> None:
     init = os.fork()
     if init == 0:
         os.close(status_r)
-        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        die_with_parent()
         job = os.fork()
         if job == 0:
             os.close(status_w)
-            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+            die_with_parent()
             return
         _close(close_in_keeper)
         _init(job, status_w)
