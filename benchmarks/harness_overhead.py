@@ -97,7 +97,7 @@ def cnn_rounds(args: argparse.Namespace, work: Path) -> list[Row]:
         f"{'round':>5}  {'n':>6}  {'agent median':>13}  {'bare median':>12}  {'ratio':>6}  "
         f"{'agent p99':>10}  {'bare p99':>10}"
     )
-    with local_agent() as agent, agent.client() as client:
+    with local_agent(extra_args=args.agent_arg) as agent, agent.client() as client:
         sha = client.upload(model).sha256
         fixed = 0  # after round 1 (time-bounded), every job and bare loop runs round 1's sample count
         for r in range(args.rounds):
@@ -169,7 +169,7 @@ def null_rounds(args: argparse.Namespace, work: Path) -> list[Row]:
     print(f"{'round':>5}  {'n':>7}  {'agent median':>12}  {'agent p99':>10}  {'empty call':>10}  {'null.run here':>13}")
     session = BACKEND.load(model, RuntimeConfig("null"))
     feeds = generated_batches(session.inputs, 1, 1, SEED)[0]
-    with local_agent() as agent, agent.client() as client:
+    with local_agent(extra_args=args.agent_arg) as agent, agent.client() as client:
         sha = client.upload(model).sha256
         for r in range(args.rounds_null):
             job = make_job(
@@ -224,6 +224,9 @@ def main() -> int:
     parser.add_argument("--rounds-null", type=int, default=3, help="null-runtime jobs for (b)")
     parser.add_argument("--null-iterations", type=int, default=200_000, help="timed iterations per null job")
     parser.add_argument("--quick", action="store_true", help="short run: 3 rounds of 0.5 s, 1 null job")
+    parser.add_argument(
+        "--agent-arg", action="append", default=[], help="extra flag for the agent, e.g. --agent-arg=--sandbox=off"
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.steady_s, args.rounds_null, args.null_iterations = 3, 0.5, 1, 20_000
