@@ -110,6 +110,12 @@ def serve(
     max_queued_jobs: Annotated[
         int | None, typer.Option(help="Jobs waiting behind the running one; more are refused (default 64).")
     ] = None,
+    max_job_processes: Annotated[
+        int | None, typer.Option(help="Processes one job may start; more kill the job (default 256).")
+    ] = None,
+    max_event_line_bytes: Annotated[
+        int | None, typer.Option(help="Longest event line a job process may write (default 24 MiB).")
+    ] = None,
     max_kept_results: Annotated[
         int | None, typer.Option(help="Finished results kept for fetching by job id (default 1000).")
     ] = None,
@@ -153,6 +159,8 @@ def serve(
             max_request_bytes=max_request_bytes,
             max_job_bytes=max_job_bytes,
             max_queued_jobs=max_queued_jobs,
+            max_job_processes=max_job_processes,
+            max_event_line_bytes=max_event_line_bytes,
             max_kept_results=max_kept_results,
         )
         settings.read_token()

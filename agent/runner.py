@@ -33,6 +33,7 @@ from agent.sandbox.cgroup import JobCgroup
 from agent.sandbox.tree import JobTree, Subreaper
 from agent.supervise import Supervisor, mb
 from agent.types import BenchmarkJob, BenchmarkResult, JobPhase, ModelFormat
+from agent.watch import MAX_LINE_BYTES
 
 MODEL_SUFFIX = {
     ModelFormat.ONNX: ".onnx",
@@ -87,6 +88,9 @@ class RunnerConfig:
     secret_paths: tuple[Path, ...] = ()
     #: Let jobs ask the null runtime for hostile behaviours (agent.runtimes.faults): tests of the sandbox only.
     fault_injection: bool = False
+    #: Bounds on what one job process may do: processes at once, length of one event line.
+    max_processes: int = policy.MAX_JOB_PROCESSES
+    max_event_line_bytes: int = MAX_LINE_BYTES
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -111,6 +115,7 @@ class JobRunner:
             config.cgroup_root,
             "subreaper: orphaned processes are re-parented to the agent" if self.reaper.enabled else "",
         )
+        self.sandbox.max_processes = config.max_processes
         self._pool = JobProcessPool(
             jobs_dir, prestart=config.prestart, python=config.python, sandbox=self.sandbox.features
         )

@@ -174,6 +174,8 @@ def build(settings: AgentSettings) -> RunningAgent:
             cgroup_root=settings.cgroup_root,
             secret_paths=settings.secret_paths,
             fault_injection=settings.fault_injection,
+            max_processes=settings.max_job_processes,
+            max_event_line_bytes=settings.max_event_line_bytes,
         ),
     )
     health_servicer = health.HealthServicer()

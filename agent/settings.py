@@ -93,6 +93,11 @@ class AgentSettings:
     max_job_bytes: int = 64 * 2**10
     #: Jobs waiting behind the running one; more are refused with RESOURCE_EXHAUSTED "queue full".
     max_queued_jobs: int = 64
+    #: Processes (not threads) one job may have at once; more kill the job (the kernel's pids.max, where
+    #: delegated, bounds threads too).
+    max_job_processes: int = 256
+    #: Longest line a job process may write to its event pipe (a result with 1,000,000 samples is ~13 MB).
+    max_event_line_bytes: int = 24 * 2**20
     #: CPUs job processes may use, e.g. "0" or "0-1,3" (Linux); empty = all. Emulates a smaller device and
     #: keeps measurements off the CPUs the agent's own threads use.
     cpu_affinity: str = ""
@@ -183,9 +188,12 @@ class AgentSettings:
             "max_health_watchers_per_client",
             "max_job_bytes",
             "max_queued_jobs",
+            "max_job_processes",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_event_line_bytes < 2**20:
+            raise SettingsError(f"--max-event-line-bytes must be at least 1 MiB, got {self.max_event_line_bytes}")
         if self.max_streams_total > self.max_workers - MIN_SPARE_WORKERS:
             raise SettingsError(
                 f"--max-streams-total {self.max_streams_total} must leave at least {MIN_SPARE_WORKERS} of the "

@@ -84,7 +84,7 @@ class Supervisor:
         reaper = runner.reaper
         self.tree = JobTree(child.proc.pid, cgroup, reaper.adopted if reaper.enabled else None)
         self.kernel_limits = cgroup.limit(self.mem_limit, policy.PIDS_MAX) if cgroup else []
-        self.reader = EventReader(child.event_fd, progress)
+        self.reader = EventReader(child.event_fd, progress, max_line_bytes=runner.config.max_event_line_bytes)
         self.killed_for: str | None = None
 
     def _check(self, deadline: float) -> str | None:
@@ -97,7 +97,7 @@ class Supervisor:
             return "memory"
         if self.cgroup is not None and "memory.max" in self.kernel_limits and self.cgroup.oom_kills():
             return "memory"
-        if count > policy.MAX_JOB_PROCESSES:
+        if count > self.runner.config.max_processes:
             return "processes"
         if self.reader.error:
             return "protocol"
@@ -178,8 +178,8 @@ class Supervisor:
         if self.killed_for == "processes":
             return failed(
                 BenchmarkStatus.FAILED,
-                f"job started more than {policy.MAX_JOB_PROCESSES} processes during {phase} and was killed "
-                "(a model has no reason to start processes)",
+                f"job started more than {self.runner.config.max_processes} processes during {phase} and was killed "
+                "(a model has no reason to start processes; the agent's --max-job-processes)",
             )
         if self.killed_for == "protocol":
             return failed(BenchmarkStatus.FAILED, f"{reader.error} during {phase}; the job was killed")

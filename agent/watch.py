@@ -115,7 +115,8 @@ class EventReader:
     def _too_long(self) -> None:
         self.lines += 1
         self.error = self.error or (
-            f"job process wrote an event line longer than {self._max_line} bytes; the agent dropped it"
+            f"job process wrote an event line longer than {self._max_line} bytes (--max-event-line-bytes); "
+            "the agent dropped it"
         )
 
     def _handle(self, line: bytes) -> None:

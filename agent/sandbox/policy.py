@@ -89,6 +89,7 @@ class Sandbox:
     cgroups: CgroupManager | None = None
     cgroup_reason: str = ""
     subreaper: str = ""
+    max_processes: int = MAX_JOB_PROCESSES
 
     def controls(self, job: dict[str, str] | None = None, missing: dict[str, str] | None = None) -> tuple[
         SandboxControl, ...
@@ -112,7 +113,7 @@ class Sandbox:
             ("memory", True, f"kernel limit memory.max + {watchdog}" if "memory" in controllers else
              f"{watchdog} (no kernel limit: {mem_why})"),
             ("process count", True, f"kernel limit pids.max={PIDS_MAX}" if "pids" in controllers else
-             f"watchdog: more than {MAX_JOB_PROCESSES} processes kill the job"),
+             f"watchdog: more than {self.max_processes} processes kill the job (--max-job-processes)"),
             ("network", jobside.NETNS in on, on.get(jobside.NETNS) or off.get(jobside.NETNS, "not isolated")),
             ("filesystem", bool(fs), "; ".join(fs) or why_not or "writable wherever the agent's user can write"),
             ("secrets", "secrets" in on, on.get("secrets") or off.get("secrets", "not hidden: no mount namespace")),

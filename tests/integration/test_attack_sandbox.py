@@ -187,8 +187,26 @@ def test_fork_bomb_is_stopped(hostile: LocalAgent, null_sha: str) -> None:
     """A job that starts 400 processes is killed for it (the bound is 256); none of them is left."""
     result = _run(hostile, _job(null_sha, "fork:400", wall_s=60))
     assert result.status == pb.BENCHMARK_STATUS_FAILED, result.message
-    assert "more than 256 processes" in result.message
+    assert "more than 256 processes" in result.message and "--max-job-processes" in result.message
     assert_clean_and_serving(hostile, null_sha)
+
+
+def test_job_bounds_are_settings(agent_factory: Callable[..., LocalAgent]) -> None:
+    """The process and event-line bounds have flags: 30 processes over --max-job-processes 20, and an
+    endless event line over --max-event-line-bytes 1 MiB, each kill the job with a message naming the flag."""
+    agent = agent_factory(
+        "--fault-injection", "--max-job-processes", "20", "--max-event-line-bytes", str(2**20)
+    )
+    sha = _upload_null(agent, agent.workdir, {})
+    result = _run(agent, _job(sha, "fork:30", wall_s=60))
+    assert result.status == pb.BENCHMARK_STATUS_FAILED and "more than 20 processes" in result.message
+    result = _run(agent, _job(sha, "flood:0.2", wall_s=60))
+    assert result.status == pb.BENCHMARK_STATUS_FAILED, result.message
+    assert "longer than 1048576 bytes (--max-event-line-bytes)" in result.message
+    with agent.client() as client:
+        controls = {c.name: c.detail for c in client.device_info().sandbox}
+    assert "more than 20 processes" in controls["process count"]
+    assert_clean_and_serving(agent, sha)
 
 
 # ------------------------------------------------------------------------------------------------ F15, F19
