@@ -24,6 +24,7 @@ from coordinator.report.schema import (
     ModelInfo,
     Phases,
     Provenance,
+    SandboxEntry,
     Thresholds,
 )
 from coordinator.types import Artifact, JobRecord, JobStatus, MeasurementSettings, Variant
@@ -117,7 +118,21 @@ def parse_provenance(raw: object) -> Provenance:
         before=_environment(p.get("before")),
         after=_environment(p.get("after")),
         runtime_details=tuple(sorted((str(k), str(v)) for k, v in details.items())),
+        sandbox=_sandbox(p.get("sandbox")),
     )
+
+
+def _sandbox(raw: object) -> tuple[SandboxEntry, ...]:
+    """The job's sandbox controls from stored provenance (agent data: anything malformed is left out)."""
+    if not isinstance(raw, list):
+        return ()
+    entries = []
+    for item in raw[:32]:
+        entry = _mapping(item)
+        name = _as_str(entry.get("name"))
+        if name:
+            entries.append(SandboxEntry(name[:50], entry.get("enforced") is True, _as_str(entry.get("detail"))[:1000]))
+    return tuple(entries)
 
 
 def _finite(x: float | None) -> float | None:

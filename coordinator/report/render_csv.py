@@ -27,6 +27,8 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
             _flatten(f"{prefix}.{key}" if prefix else key, item, out)
     elif prefix.endswith("runtime_details"):
         out[prefix] = "; ".join(f"{k}={v}" for k, v in value)
+    elif prefix.endswith("provenance.sandbox"):
+        out[prefix] = "; ".join(f"{e['name']}={'yes' if e['enforced'] else 'no'}" for e in value)
     elif isinstance(value, list):
         out[prefix] = "; ".join(str(v) for v in value)
     else:

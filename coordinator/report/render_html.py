@@ -212,6 +212,7 @@ def _provenance(c: Cell) -> str:
         ("comparison note", cmp.note or DASH),
         ("started / finished", f"{_time(c.started_at_ns)} / {_time(c.finished_at_ns)}"),
         *((f"runtime detail {k}", v) for k, v in p.runtime_details),
+        *((f"sandbox: {e.name}", f"{'yes' if e.enforced else 'NO'}: {e.detail}") for e in p.sandbox),
     ]
     dl = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in items)
     diag = f"<pre>{esc(c.diagnostics)}</pre>" if c.diagnostics else ""

@@ -111,6 +111,15 @@ class Environment:
 
 
 @dataclass(frozen=True)
+class SandboxEntry:
+    """One protection of the agent's job sandbox, as in force for this job."""
+
+    name: str
+    enforced: bool
+    detail: str
+
+
+@dataclass(frozen=True)
 class Provenance:
     device_id: str
     agent_version: str
@@ -131,6 +140,8 @@ class Provenance:
     after: Environment
     #: Sorted (key, value) pairs; a JSON array of two-element arrays.
     runtime_details: tuple[tuple[str, str], ...]
+    #: What contained the job process (empty for agents without a job sandbox).
+    sandbox: tuple[SandboxEntry, ...] = ()
 
 
 @dataclass(frozen=True)

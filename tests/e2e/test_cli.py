@@ -124,6 +124,15 @@ def test_fleet_run_report_cycle(tmp_path: Path, agent: LocalAgent, models: dict[
     assert "made from the PyTorch model" in (tmp_path / "report.md").read_text()
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["schema_version"] >= 1
+    # Every measured cell says what contained its job process, as the job reported it before loading the model.
+    ran = [c for c in data["cells"] if c["status"] == "succeeded"]
+    for cell in ran:
+        controls = {e["name"]: e for e in cell["provenance"]["sandbox"]}
+        assert {"processes", "network", "secrets", "filesystem"} <= set(controls), controls
+        assert all(e["detail"] for e in controls.values())
+    sandbox_column = {r["provenance.sandbox"] for r in rows if r["status"] == "succeeded"}
+    assert all("network=" in v for v in sandbox_column)
+    assert "sandbox: network" in (tmp_path / "report.html").read_text()
     assert "box" in (tmp_path / "report.md").read_text()
     latest = edgebench(home, "report")  # default: latest run, terminal table
     assert latest.returncode == 0 and "box" in latest.stdout
