@@ -17,7 +17,8 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, NoReturn
 
 import grpc
 
@@ -139,11 +140,12 @@ RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 RETRY_PUSHBACK_MS = 2000
 
 
-def busy(context: grpc.ServicerContext, message: str) -> None:
+def busy(context: grpc.ServicerContext, message: str) -> NoReturn:
     """Refuse a call the agent is too busy for right now (a stream or queue limit), with RESOURCE_EXHAUSTED
     and a retry pushback: the coordinator waits and sends it again instead of failing the job."""
     context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(RETRY_PUSHBACK_MS)),))
-    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)  # raises
+    raise AssertionError("unreachable: ServicerContext.abort raises")
 
 
 def _bounded_response_stream(handler: Any, slots: Slots) -> Any:
@@ -280,38 +282,32 @@ class DecodeGuard(grpc.ServerInterceptor):  # type: ignore[misc]
             except Exception as exc:  # DecodeError and whatever a generated class raises on bad bytes
                 return _Undecodable(f"{type(exc).__name__}: {str(exc)[:200]}")
 
-        def refuse(context: grpc.ServicerContext, bad: _Undecodable) -> None:
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"request to {method} is not a valid protobuf message ({bad.error}); check that the client "
-                "speaks this agent's protocol version",
-            )
-
         def checked(request: Any, context: grpc.ServicerContext) -> Any:
             if isinstance(request, _Undecodable):
-                refuse(context, request)
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"request to {method} is not a valid protobuf message ({request.error}); check that the "
+                    "client speaks this agent's protocol version",
+                )
             return request
 
         def checked_stream(requests: Any, context: grpc.ServicerContext) -> Any:
             for request in requests:
                 yield checked(request, context)
 
-        if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
-            return handler._replace(
-                request_deserializer=deserialize, unary_unary=lambda r, c: inner_uu(checked(r, c), c)
-            )
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
-            return handler._replace(
-                request_deserializer=deserialize, unary_stream=lambda r, c: inner_us(checked(r, c), c)
-            )
-        if handler.stream_unary is not None:
-            inner_su = handler.stream_unary
-            return handler._replace(
-                request_deserializer=deserialize, stream_unary=lambda r, c: inner_su(checked_stream(r, c), c)
-            )
-        inner_ss = handler.stream_stream
-        return handler._replace(
-            request_deserializer=deserialize, stream_stream=lambda r, c: inner_ss(checked_stream(r, c), c)
-        )
+        # One of the four behaviours is set; streaming requests are checked one message at a time.
+        for kind, check in (
+            ("unary_unary", checked),
+            ("unary_stream", checked),
+            ("stream_unary", checked_stream),
+            ("stream_stream", checked_stream),
+        ):
+            inner = getattr(handler, kind)
+            if inner is not None:
+                wrapped = partial(_call_checked, inner, check)
+                return handler._replace(request_deserializer=deserialize, **{kind: wrapped})
+        return handler
+
+
+def _call_checked(inner: Callable[..., Any], check: Callable[..., Any], request: Any, context: Any) -> Any:
+    return inner(check(request, context), context)

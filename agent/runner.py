@@ -26,6 +26,7 @@ from pathlib import Path
 
 import agent
 from agent import jobprocess
+from agent.blobfiles import link_or_copy
 from agent.jobprocess import JobProcess, JobProcessPool
 from agent.jobspec import to_jsonable
 from agent.sandbox import policy
@@ -93,14 +94,6 @@ class RunnerConfig:
     max_event_line_bytes: int = MAX_LINE_BYTES
 
 
-def _link(src: Path, dst: Path) -> None:
-    """Hard link (or, across filesystems, copy) `src` to `dst`; FileExistsError if `dst` exists: never
-    written through, so a job folder's file can never overwrite a stored artifact."""
-    from agent.artifacts import link_or_copy
-
-    link_or_copy(src, dst)
-
-
 class JobRunner:
     def __init__(self, jobs_dir: Path, config: RunnerConfig) -> None:
         self.jobs_dir = jobs_dir
@@ -114,8 +107,8 @@ class JobRunner:
             jobs_dir,
             config.cgroup_root,
             "subreaper: orphaned processes are re-parented to the agent" if self.reaper.enabled else "",
+            config.max_processes,
         )
-        self.sandbox.max_processes = config.max_processes
         self._pool = JobProcessPool(
             jobs_dir, prestart=config.prestart, python=config.python, sandbox=self.sandbox.features
         )
@@ -145,7 +138,7 @@ class JobRunner:
         try:
             for src, dst in placed:
                 try:
-                    _link(src, dst)
+                    link_or_copy(src, dst)  # never writes through an existing file
                 except FileNotFoundError:
                     if files.verify is not None:
                         files.verify(src)  # raises an error that says why the artifact is gone

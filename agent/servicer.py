@@ -147,7 +147,6 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             _fail(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
         except QueueFull as exc:
             bounds.busy(context, str(exc))
-            raise AssertionError("unreachable: ServicerContext.abort raises") from None
         except RuntimeError as exc:
             _fail(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         # A client that goes away does not cancel the job: it can re-attach or fetch the result later. Its

@@ -131,18 +131,20 @@ class Sandbox:
             self.cgroups.close()
 
 
-def prepare(mode: str, scratch: Path, cgroup_root: Path | None, subreaper: str) -> Sandbox:
+def prepare(
+    mode: str, scratch: Path, cgroup_root: Path | None, subreaper: str, max_processes: int = MAX_JOB_PROCESSES
+) -> Sandbox:
     """Probe and set up the sandbox for `mode`; raises SandboxError when `required` cannot be met."""
     if mode not in MODES:
         raise SandboxError(f"--sandbox must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "off" or not sys.platform.startswith("linux"):
         why = "--sandbox off" if mode == "off" else f"no job sandbox on {sys.platform} yet (Linux only)"
         return Sandbox(mode, missing={name: why for name in jobside.ALL_FEATURES}, cgroup_reason=why,
-                       subreaper=subreaper)
+                       subreaper=subreaper, max_processes=max_processes)
     enforced, missing = _probe(scratch)
     features = frozenset(name for name in jobside.ALL_FEATURES if name in enforced)
     cgroups, cgroup_reason = CgroupManager.detect(cgroup_root)
-    sandbox = Sandbox(mode, features, enforced, missing, cgroups, cgroup_reason, subreaper)
+    sandbox = Sandbox(mode, features, enforced, missing, cgroups, cgroup_reason, subreaper, max_processes)
     if mode == "required":
         lacking = sandbox.lacking()
         if lacking:
